@@ -1,0 +1,81 @@
+"""Shared fixtures: a fresh Postgres database per test run, cleaned before each test; real Redis.
+
+TEST_DATABASE_URL names a server to create the run's database on; without it an embedded
+Postgres (the `embedded` extra) is started in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import redis
+
+from webapp.config import Config, load_config
+from webapp.migrate import migrate
+
+TABLES = "order_items, orders, idempotency_keys, products, users"
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """A Postgres server to create test databases on (admin connection URL)."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from webapp.devserver import start_embedded_postgres
+
+    with tempfile.TemporaryDirectory(prefix="webapp-pg-") as tmp:
+        server, url = start_embedded_postgres(__import__("pathlib").Path(tmp) / "data")
+        yield url
+        server.cleanup()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A database of this run's own, migrated; dropped at the end."""
+    name = f"webapp_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    url = _with_database(server_url, name)
+    migrate(url)
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the clean test database, for arranging and asserting."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")  # type: ignore[arg-type]
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A reachable Redis (db 15), or a visible skip; with REQUIRE_REDIS=1 a missing Redis fails."""
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("REQUIRE_REDIS") == "1":
+            pytest.fail(f"REQUIRE_REDIS=1 but Redis at {url} is unreachable: {exc}")
+        pytest.skip(f"no Redis reachable at {url}: {exc}")
+    return url
+
+
+def make_config(database_url: str, **env: str) -> Config:
+    """A Config for tests: the test database plus any overrides, as environment strings."""
+    return load_config({"DATABASE_URL": database_url, "LOG_LEVEL": "info", **env})

@@ -1,0 +1,36 @@
+"""Health blueprint: /livez (process), /readyz (dependencies), /healthz (the seed's endpoint)."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+from flask.typing import ResponseReturnValue
+
+from webapp.services.health import HealthService
+
+
+def health_blueprint(health: HealthService) -> Blueprint:
+    """Probe routes; they take no transaction and no request deadline."""
+    bp = Blueprint("health", __name__)
+
+    @bp.get("/livez")
+    def livez() -> ResponseReturnValue:
+        # Touches nothing external: a database outage must not get the process restarted.
+        return {"status": "ok"}
+
+    @bp.get("/readyz")
+    def readyz() -> ResponseReturnValue:
+        if health.stopping:
+            return {"status": "shutting_down", "checks": {}}, 503
+        healthy, checks = health.check()
+        if not healthy:
+            return {"status": "unavailable", "checks": checks}, 503
+        status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
+        return {"status": status, "checks": checks}, 200
+
+    @bp.get("/healthz")
+    def healthz() -> ResponseReturnValue:
+        # The seed's contract: a flat {name: "ok" | reason}, 503 when a dependency fails.
+        healthy, checks = health.check()
+        return checks, 200 if healthy else 503
+
+    return bp

@@ -1,0 +1,63 @@
+"""Orders API: POST /orders (with optional Idempotency-Key), GET /orders/<id>."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from flask import Blueprint, request
+from flask.typing import ResponseReturnValue
+
+from webapp.blueprints.common import json_body, request_deadline
+from webapp.errors import ValidationFailed
+from webapp.serialize import order_to_json
+from webapp.services import OrderService
+from webapp.validation import parse_new_order
+
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,255}$")
+
+
+def orders_blueprint(orders: OrderService) -> Blueprint:
+    """Routes for orders, bound to the given service."""
+    bp = Blueprint("orders", __name__)
+
+    @bp.post("/orders")
+    def place_order() -> ResponseReturnValue:
+        key = _idempotency_key()
+        data = json_body()
+        user_id, lines = parse_new_order(data)
+        receipt = orders.place_order(
+            user_id,
+            lines,
+            idempotency_key=key,
+            request_hash=_fingerprint(data),
+            deadline=request_deadline(),
+        )
+        headers = {"Idempotent-Replayed": "true"} if receipt.replayed else {}
+        return receipt.body, receipt.status_code, headers
+
+    @bp.get("/orders/<id:order_id>")
+    def get_order(order_id: int) -> ResponseReturnValue:
+        return order_to_json(orders.get(order_id))
+
+    return bp
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise ValidationFailed(
+            "invalid Idempotency-Key",
+            fields={"Idempotency-Key": "8 to 255 characters of A-Z a-z 0-9 . _ : -"},
+        )
+    return key
+
+
+def _fingerprint(data: Any) -> str:
+    """Hash of the body's meaning, not its bytes: key order and whitespace do not make a new request."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

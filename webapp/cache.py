@@ -1,0 +1,74 @@
+"""Redis read-through cache for users: optional, behind a circuit breaker, never an outage."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+
+import redis
+
+from webapp.models import User
+from webapp.resilience import CircuitBreaker, CircuitOpen
+
+log = logging.getLogger(__name__)
+
+# Only these mean "Redis is unwell"; anything else (a bad payload) is not the breaker's business.
+UNHEALTHY: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def redis_client(url: str, socket_timeout: float) -> redis.Redis:
+    """A client with short timeouts: a slow cache must cost milliseconds, not the request."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        retry_on_timeout=False,
+        retry=None,  # no hidden retries inside redis-py: the breaker decides
+        health_check_interval=0,
+    )
+
+
+class RedisUserCache:
+    """get/put/invalidate users in Redis; every failure is a miss, counted by the breaker."""
+
+    unhealthy_errors = UNHEALTHY
+
+    def __init__(self, client: redis.Redis, breaker: CircuitBreaker, ttl: int, prefix: str = "user:"):
+        self._client = client
+        self._breaker = breaker
+        self._ttl = ttl
+        self._prefix = prefix
+
+    def get(self, user_id: int) -> User | None:
+        raw = self._guarded(self._client.get, f"{self._prefix}{user_id}")
+        if not raw:
+            return None
+        try:
+            data = json.loads(raw)
+            return User(data["id"], data["name"], data["email"], datetime.fromisoformat(data["created_at"]))
+        except (ValueError, KeyError, TypeError):
+            return None  # a stale or foreign value is just a miss
+
+    def put(self, user: User) -> None:
+        payload = json.dumps(
+            {"id": user.id, "name": user.name, "email": user.email, "created_at": user.created_at.isoformat()}
+        )
+        self._guarded(self._client.set, f"{self._prefix}{user.id}", payload, ex=self._ttl)
+
+    def invalidate(self, user_id: int) -> None:
+        self._guarded(self._client.delete, f"{self._prefix}{user_id}")
+
+    def ping(self, timeout: float) -> None:
+        """Raise unless Redis answers PING (health check; bypasses the breaker to see recovery)."""
+        if not self._client.ping():
+            raise redis.ConnectionError("PING failed")
+
+    def _guarded(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return self._breaker.call(fn, *args, **kwargs)
+        except CircuitOpen:
+            return None  # open: do not wait on Redis at all
+        except UNHEALTHY as exc:
+            log.debug("cache unavailable: %s", type(exc).__name__)
+            return None

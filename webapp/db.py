@@ -1,0 +1,174 @@
+"""Postgres access: the connection pool, transactions with a deadline, and error translation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from webapp.errors import DeadlineExceeded, TransientDatabaseError, Unavailable
+from webapp.resilience import Deadline, RetryError, retry_with_backoff
+
+log = logging.getLogger(__name__)
+
+# BEGIN and the deadline travel in ONE round trip (simple query protocol, two statements).
+# Trap: `SET LOCAL statement_timeout = %s` with a parameter is a syntax error in psycopg 3
+# (server-side binding cannot bind SET); the value is rendered client-side with sql.Literal
+# from an int we computed ourselves, never from user input.
+_BEGIN = sql.SQL("BEGIN; SET LOCAL statement_timeout = {}")
+
+
+class CommitFailed(Exception):
+    """COMMIT did not commit; the caller must not report success."""
+
+
+class Database:
+    """Owns the pool; hands out connections inside transactions bounded by a Deadline."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        timeout: float = 2.0,
+        max_waiting: int = 32,
+        name: str = "webapp",
+    ):
+        self.checkout_timeout = timeout
+        # open=False: nothing connects when the app is built. Gunicorn forks workers *after*
+        # loading the config; a pool opened in the master would hand dead sockets to workers.
+        self.pool = psycopg_pool.ConnectionPool(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            max_waiting=max_waiting,  # bounded queue: the N+1th waiter fails at once (TooManyRequests)
+            open=False,
+            name=name,
+            # autocommit: we send BEGIN ourselves, together with the statement_timeout (see _BEGIN).
+            kwargs={"autocommit": True, "connect_timeout": 5, "application_name": name},
+        )
+
+    def open(self) -> None:
+        """Start the pool's background connections without waiting for them (a worker boots while Postgres is down)."""
+        self.pool.open(wait=False)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close every pooled connection; called when a worker exits."""
+        self.pool.close(timeout=timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Pool size, idle connections and waiting requests, for the metrics gauges."""
+        stats = self.pool.get_stats()
+        return {
+            "size": stats.get("pool_size", 0),
+            "available": stats.get("pool_available", 0),
+            "waiting": stats.get("requests_waiting", 0),
+        }
+
+    def ping(self, timeout: float) -> None:
+        """Run SELECT 1 on a pooled connection within timeout seconds, or raise."""
+        deadline = Deadline(timeout)
+        with self.transaction(deadline, retries=1) as conn:
+            conn.execute("SELECT 1")
+
+    @contextmanager
+    def transaction(self, deadline: Deadline, *, retries: int = 3) -> Iterator[psycopg.Connection[Any]]:
+        """Yield a connection inside BEGIN..COMMIT; roll back on any exception; always return it."""
+        conn = self.begin(deadline, retries=retries)
+        try:
+            yield conn
+        except BaseException:
+            self.end(conn, commit=False)
+            raise
+        self.end(conn, commit=True)
+
+    def begin(self, deadline: Deadline, *, retries: int = 3) -> psycopg.Connection[Any]:
+        """Check out a connection (bounded wait) and open a transaction with the deadline's time left."""
+
+        def attempt() -> psycopg.Connection[Any]:
+            if deadline.expired():
+                raise DeadlineExceeded("request deadline passed before the database was reached")
+            conn = self.pool.getconn(timeout=deadline.bound(self.checkout_timeout))
+            try:
+                budget_ms = max(1, int(deadline.remaining() * 1000))
+                conn.execute(_BEGIN.format(sql.Literal(f"{budget_ms}ms")))
+            except BaseException:
+                self.pool.putconn(conn)  # a broken connection is discarded by the pool
+                raise
+            return conn
+
+        # Retrying is safe only here: BEGIN is the first statement, so no work was done yet.
+        # A connection that died with a Postgres restart fails on BEGIN; the next one is fresh.
+        try:
+            return retry_with_backoff(
+                attempt,
+                attempts=retries,
+                base=0.01,
+                max_delay=0.2,
+                deadline=deadline,
+                retry_on=lambda exc: isinstance(exc, psycopg.OperationalError)
+                and not isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests),
+            )
+        except RetryError as exc:
+            raise Unavailable("database connection failed") from exc.last_error
+        except (psycopg_pool.PoolTimeout, psycopg_pool.TooManyRequests) as exc:
+            raise Unavailable("no database connection free; try again shortly") from exc
+        except psycopg.OperationalError as exc:
+            raise Unavailable("database connection failed") from exc
+
+    def end(self, conn: psycopg.Connection[Any], *, commit: bool) -> None:
+        """Commit (raising CommitFailed if it did not happen) or roll back, then return conn to the pool."""
+        try:
+            if commit:
+                _commit(conn)
+            else:
+                _rollback(conn)
+        finally:
+            self.pool.putconn(conn)
+
+
+def _commit(conn: psycopg.Connection[Any]) -> None:
+    # Trap: after any failed statement, COMMIT answers "ROLLBACK" without raising.
+    # Checking the status first turns that silent rollback into an error (never a 2xx).
+    if conn.info.transaction_status == TransactionStatus.INERROR:
+        _rollback(conn)
+        raise CommitFailed("transaction was aborted by an earlier error; rolled back")
+    try:
+        cur = conn.execute("COMMIT")
+    except psycopg.Error as exc:
+        _rollback(conn)
+        raise CommitFailed(f"COMMIT failed: {type(exc).__name__}") from exc
+    if cur.statusmessage != "COMMIT":
+        raise CommitFailed(f"COMMIT answered {cur.statusmessage!r}")
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    if conn.closed or conn.info.transaction_status == TransactionStatus.IDLE:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        # The connection is broken; the pool sees that on putconn and discards it.
+        log.warning("rollback failed; connection discarded", exc_info=True)
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Turn the psycopg errors a caller can act on into domain errors (retry, 503, 504)."""
+    try:
+        yield
+    except pg_errors.QueryCanceled as exc:
+        raise DeadlineExceeded("the database did not answer within the request's deadline") from exc
+    except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as exc:
+        raise TransientDatabaseError(f"transaction conflict ({exc.sqlstate}); retry") from exc
+    except psycopg.OperationalError as exc:
+        raise Unavailable("database connection lost") from exc

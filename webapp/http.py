@@ -1,0 +1,142 @@
+"""The HTTP edge: request ids, deadlines, body limits, the request log line, and the ONE place
+where errors become JSON responses."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from webapp.errors import (
+    Conflict,
+    DeadlineExceeded,
+    DomainError,
+    MalformedRequest,
+    NotFound,
+    TransientDatabaseError,
+    Unavailable,
+    ValidationFailed,
+)
+from webapp.observability import Metrics, log_request
+from webapp.resilience import CircuitOpen, Deadline
+
+log = logging.getLogger("webapp.http")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client may ask for a shorter budget than REQUEST_TIMEOUT (never a longer one).
+TIMEOUT_HEADER = "X-Request-Timeout"
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Probes run every few seconds; their log lines go to DEBUG so they do not drown the rest.
+QUIET_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+
+# Domain error → HTTP status. Order matters: the first matching class wins.
+STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
+    (MalformedRequest, 400),
+    (NotFound, 404),
+    (ValidationFailed, 422),
+    (Conflict, 409),
+    (DeadlineExceeded, 504),
+    (Unavailable, 503),
+    (TransientDatabaseError, 503),
+    (CircuitOpen, 503),
+)
+HTTP_CODES = {
+    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+    415: "unsupported_media_type", 500: "internal_error",
+}
+
+
+def error_response(status: int, code: str, message: str, fields: dict[str, str] | None = None) -> Response:
+    """Build the single error shape: {"error": {"code", "message", "request_id"[, "fields"]}}."""
+    body: dict[str, Any] = {"code": code, "message": message, "request_id": g.get("request_id")}
+    if fields:
+        body["fields"] = fields
+    response = jsonify(error=body)
+    response.status_code = status
+    if status == 503:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+def handle_error(exc: Exception) -> Response:
+    """Turn any exception into the JSON error shape; log ours (5xx) with the request id."""
+    if isinstance(exc, DomainError | CircuitOpen):
+        status = next(s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls))
+        if status >= 500:
+            log.error("request failed: %s", exc, exc_info=exc)
+        code = getattr(exc, "code", "service_unavailable")
+        return error_response(status, code, str(exc), getattr(exc, "fields", None))
+    if isinstance(exc, HTTPException) and not isinstance(exc, InternalServerError):
+        status = exc.code or 500
+        response = error_response(status, HTTP_CODES.get(status, f"http_{status}"), exc.description or exc.name)
+        if status == 405 and isinstance(exc, HTTPException):
+            response.headers["Allow"] = dict(exc.get_headers()).get("Allow", "")
+        return response
+    # Ours. Flask has already logged an InternalServerError that wraps an exception raised
+    # after the view (e.g. a failed COMMIT); anything else is logged here, once.
+    original = getattr(exc, "original_exception", None)
+    if original is None:
+        log.error("unhandled exception", exc_info=exc)
+    return error_response(500, "internal_error", "internal error; quote the request id when reporting it")
+
+
+def install(app: Flask, *, request_timeout: float, max_body_bytes: int, metrics: Metrics) -> None:
+    """Register the request hooks and the error handler on app."""
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes  # chunked bodies have no Content-Length
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    @app.before_request
+    def start_request() -> Response | None:
+        g.started = time.perf_counter()
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = incoming if _SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.deadline = Deadline(_budget(request.headers.get(TIMEOUT_HEADER), request_timeout))
+        return _check_body()
+
+    def _check_body() -> Response | None:
+        # Checked from the header, before a byte of the body is read.
+        if (request.content_length or 0) > max_body_bytes:
+            return error_response(413, "payload_too_large", f"request body exceeds {max_body_bytes} bytes")
+        if request.method in _BODY_METHODS and request.mimetype != "application/json":
+            return error_response(415, "unsupported_media_type", "send the body as application/json")
+        return None
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        # Registered before the transaction hook, so it runs after it (Flask runs after_request
+        # hooks in reverse): the status logged is the status after COMMIT.
+        response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        rule = request.url_rule.rule if request.url_rule else "<unmatched>"  # bounded label set
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        metrics.observe_request(request.method, rule, response.status_code, seconds)
+        fields = {
+            "method": request.method,
+            "path": rule,
+            "raw_path": request.path,  # never the query string: it may carry tokens
+            "status": response.status_code,
+            "duration_ms": round(seconds * 1000, 2),
+            "request_id": g.get("request_id"),
+            "remote_addr": request.remote_addr,
+        }
+        log_request(log, fields, quiet=request.path in QUIET_PATHS)
+        return response
+
+    app.register_error_handler(Exception, handle_error)
+
+
+def _budget(header: str | None, default: float) -> float:
+    """The request's time budget: the client's shorter X-Request-Timeout (seconds) if sane, else the default."""
+    if header:
+        try:
+            asked = float(header)
+        except ValueError:
+            return default
+        if 0 < asked < default:
+            return asked
+    return default
