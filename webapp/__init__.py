@@ -88,7 +88,9 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(orders_blueprint(order_service))
 
     # Kept for gunicorn's hooks and for tests; the app itself reaches them only through the above.
-    app.extensions["webapp"] = {"config": config, "database": database, "health": health, "metrics": metrics}
+    app.extensions["webapp"] = {
+        "config": config, "database": database, "transaction": transaction, "health": health, "metrics": metrics,
+    }
     logging.getLogger(__name__).info("app created", extra={"database": "configured", "cache": config.redis_url is not None})
     return app
 

@@ -189,15 +189,36 @@ def test_a_raising_is_failure_still_frees_the_trial_slot() -> None:
     assert breaker.state == CLOSED
 
 
-def test_a_slow_success_admitted_before_the_circuit_opened_does_not_close_it() -> None:
-    breaker = make_breaker(FakeClock())
+def test_a_late_success_from_before_the_circuit_opened_neither_closes_it_nor_steals_the_trial_slot() -> None:
+    clock = FakeClock()
+    breaker = make_breaker(clock)
+    trial_started = threading.Event()
+    release_trial = threading.Event()
+
+    def probe() -> str:
+        trial_started.set()
+        release_trial.wait(timeout=5)
+        return "recovered"
+
+    trial = threading.Thread(target=breaker.call, args=(probe,))
 
     def slow_success() -> str:
-        trip(breaker, 3)  # while this call is in flight, other calls open the circuit
+        # While this call is in flight the circuit opens, cools off and starts its trial.
+        trip(breaker, 3)
+        clock.now += 10.0
+        trial.start()
+        assert trial_started.wait(timeout=5)
         return "late"
 
-    assert breaker.call(slow_success) == "late"
-    assert breaker.state == OPEN
+    try:
+        assert breaker.call(slow_success) == "late"
+        assert breaker.state == HALF_OPEN  # the stale success did not close it
+        with pytest.raises(CircuitOpen):
+            breaker.call(ok)  # and the trial still holds the only slot
+    finally:
+        release_trial.set()
+        trial.join(timeout=5)
+    assert breaker.state == CLOSED
 
 
 def test_half_open_lets_exactly_one_trial_through_while_concurrent_callers_fail_fast() -> None:

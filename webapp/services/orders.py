@@ -104,7 +104,10 @@ class OrderService:
             if stock < line.quantity:
                 raise InsufficientStock(line.product_id, stock, line.quantity, field=f"items.{i}.quantity")
         self._products.decrement_stock({line.product_id: line.quantity for line in lines})
-        items = [OrderItem(line.product_id, line.quantity, products[line.product_id].price_cents) for line in lines]
+        items = [
+            OrderItem(line.product_id, line.quantity, products[line.product_id].price_cents)
+            for line in sorted(lines, key=lambda line: line.product_id)  # the order GET returns them in
+        ]
         body = order_to_json(self._orders.add(user_id, items))
         if key is not None:
             # Same transaction as the order: the key is stored if and only if the order is.

@@ -1,0 +1,1 @@
+"""Proof under load and faults: `python -m bench.run` (benchmark) and `python -m bench.fault` (fault suite)."""

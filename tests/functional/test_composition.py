@@ -1,0 +1,76 @@
+"""create_app builds everything explicitly: two apps in one process share nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from tests.conftest import _with_database, make_config
+from webapp import create_app
+from webapp.migrate import migrate
+
+
+@pytest.fixture
+def second_database(server_url: str):
+    name = f"webapp_second_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    url = _with_database(server_url, name)
+    migrate(url)
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+def test_two_apps_in_one_process_share_nothing(database_url, second_database, db):
+    first, second = create_app(make_config(database_url)), create_app(make_config(second_database))
+    try:
+        a, b = first.test_client(), second.test_client()
+        assert a.post("/users", json={"name": "Ann", "email": "ann@example.org"}).status_code == 201
+        # Same email, other database: no conflict, because nothing (pool, cache, state) is shared.
+        assert b.post("/users", json={"name": "Ann", "email": "ann@example.org"}).status_code == 201
+        assert b.post("/users", json={"name": "Bob", "email": "bob@example.org"}).status_code == 201
+        assert len(a.get("/users").json["items"]) == 1
+        assert len(b.get("/users").json["items"]) == 2
+        for key in ("database", "transaction", "health", "metrics"):
+            assert first.extensions["webapp"][key] is not second.extensions["webapp"][key]
+        assert first.extensions["webapp"]["metrics"].registry is not second.extensions["webapp"]["metrics"].registry
+        metrics_a = a.get("/metrics").get_data(as_text=True)
+        assert 'http_requests_total{method="POST",path="/users",status="201"} 1.0' in metrics_a
+    finally:
+        for app in (first, second):
+            app.extensions["webapp"]["database"].close()
+            app.extensions["webapp"]["health"].close()
+
+
+def test_overrides_replace_a_dependency_through_the_same_parameters(database_url, db):
+    class StubHealth:
+        stopping = False
+
+        def check(self):
+            return True, {"database": "ok", "cache": "ok", "stub": "ok"}
+
+        def close(self):
+            pass
+
+    app = create_app(make_config(database_url), health=StubHealth())
+    try:
+        assert app.test_client().get("/readyz").json["checks"]["stub"] == "ok"
+    finally:
+        app.extensions["webapp"]["database"].close()
+
+
+def test_building_the_app_does_not_wait_for_an_unreachable_database():
+    import time
+
+    started = time.monotonic()
+    app = create_app(make_config("postgresql://postgres@127.0.0.1:1/nowhere", DB_POOL_TIMEOUT="0.3"))
+    try:
+        assert time.monotonic() - started < 1.0
+        assert app.test_client().get("/livez").status_code == 200
+        assert app.test_client().get("/users/1").status_code == 503
+    finally:
+        app.extensions["webapp"]["database"].close(timeout=1)
+        app.extensions["webapp"]["health"].close()

@@ -1,0 +1,94 @@
+"""One lazily-begun transaction per request: committed before the response, rolled back on errors."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from webapp.errors import NotFound
+
+
+def app_connections(db) -> list[str]:
+    rows = db.execute(
+        "SELECT state FROM pg_stat_activity WHERE application_name = 'webapp' AND datname = current_database()"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def connection_of(app: Flask):
+    """The function repositories call to get the request's connection (as create_app wires it)."""
+    return app.extensions["webapp"]["transaction"].connection
+
+
+def test_a_failed_commit_is_a_500_and_nothing_is_persisted(app: Flask, client, db):
+    db.execute("CREATE TABLE IF NOT EXISTS late_check (id int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+    db.execute("TRUNCATE late_check")
+    connection = connection_of(app)
+
+    @app.post("/test-only/late-failure")
+    def late_failure():
+        connection().execute("INSERT INTO late_check VALUES (1), (1)")  # fails only at COMMIT
+        return {"created": True}, 201
+
+    try:
+        response = client.post("/test-only/late-failure", json={})
+        assert response.status_code == 500
+        assert response.json["error"]["code"] == "internal_error"
+        assert db.execute("SELECT count(*) FROM late_check").fetchone() == (0,)
+    finally:
+        db.execute("DROP TABLE late_check")
+
+
+def test_an_exception_in_a_view_rolls_back_what_it_wrote(app: Flask, client, db):
+    connection = connection_of(app)
+
+    @app.post("/test-only/write-then-fail")
+    def write_then_fail():
+        connection().execute("INSERT INTO users (name, email) VALUES ('Ghost', 'ghost@example.org')")
+        raise RuntimeError("after the write")
+
+    assert client.post("/test-only/write-then-fail", json={}).status_code == 500
+    assert db.execute("SELECT count(*) FROM users").fetchone() == (0,)
+
+
+def test_an_error_response_rolls_back_what_the_view_wrote(app: Flask, client, db):
+    connection = connection_of(app)
+
+    @app.post("/test-only/write-then-404")
+    def write_then_404():
+        connection().execute("INSERT INTO users (name, email) VALUES ('Ghost', 'ghost@example.org')")
+        raise NotFound("nothing here")
+
+    assert client.post("/test-only/write-then-404", json={}).status_code == 404
+    assert db.execute("SELECT count(*) FROM users").fetchone() == (0,)
+
+
+def test_the_request_deadline_is_the_transactions_statement_timeout(app: Flask, client):
+    connection = connection_of(app)
+
+    @app.get("/test-only/timeout")
+    def timeout():
+        row = connection().execute("SELECT current_setting('statement_timeout')").fetchone()
+        return {"statement_timeout": row[0] if row else None}
+
+    default = client.get("/test-only/timeout").json["statement_timeout"]
+    shorter = client.get("/test-only/timeout", headers={"X-Request-Timeout": "0.5"}).json["statement_timeout"]
+    assert 9000 < int(default.removesuffix("ms")) <= 10000
+    assert 0 < int(shorter.removesuffix("ms")) <= 500
+
+
+def test_connections_always_return_to_the_pool_idle(client, db):
+    client.post("/users", json={"name": "Ann", "email": "ann@example.org"})
+    client.post("/users", json={"name": "Ann", "email": "ann@example.org"})  # 409
+    client.get("/users/999")  # 404
+    client.post("/orders", json={"user_id": 1, "items": [{"product_id": 9, "quantity": 1}]})  # 422
+    states = app_connections(db)
+    assert states, "the app should have pooled connections"
+    assert all(state == "idle" for state in states), states
+
+
+def test_health_and_unknown_routes_take_no_connection(app: Flask, client):
+    pool = app.extensions["webapp"]["database"].pool
+    before = pool.get_stats().get("requests_num", 0)
+    for path in ("/livez", "/nope", "/openapi.json"):
+        client.get(path)
+    assert pool.get_stats().get("requests_num", 0) == before

@@ -1,0 +1,75 @@
+"""100 concurrent orders against a stock of 20, each on its own connection: exactly 20 win."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from webapp.db import Database
+from webapp.errors import InsufficientStock
+from webapp.models import OrderLine
+from webapp.repositories import IdempotencyRepository, OrderRepository, ProductRepository, UserRepository
+from webapp.resilience import Deadline
+from webapp.services import OrderService
+
+
+class OneTransaction:
+    """A unit of work over one explicit connection (what RequestTransaction is for a request)."""
+
+    def __init__(self, conn):  # type: ignore[no-untyped-def]
+        self.conn = conn
+
+    def restart(self) -> None:
+        raise AssertionError("no retry expected in this test")
+
+
+def place_one(database: Database, user_id: int, product_ids: list[int]) -> str:
+    with database.transaction(Deadline(20)) as conn:
+        source = lambda: conn  # noqa: E731
+        service = OrderService(OneTransaction(conn), UserRepository(source), ProductRepository(source),
+                               OrderRepository(source), IdempotencyRepository(source))
+        try:
+            service.place_order(user_id, [OrderLine(p, 1) for p in product_ids])
+        except InsufficientStock:
+            return "409"
+    return "201"
+
+
+@pytest.mark.slow
+def test_one_hundred_concurrent_orders_against_stock_twenty_sell_exactly_twenty(database_url: str, db):
+    user_id = db.execute("INSERT INTO users (name, email) VALUES ('A', 'a@example.org') RETURNING id").fetchone()[0]
+    product = db.execute(
+        "INSERT INTO products (sku, name, price_cents, stock) VALUES ('P', 'P', 100, 20) RETURNING id"
+    ).fetchone()[0]
+    database = Database(database_url, min_size=0, max_size=20, timeout=20, max_waiting=200)
+    database.open()
+    try:
+        with ThreadPoolExecutor(max_workers=100) as pool:
+            outcomes = list(pool.map(lambda _: place_one(database, user_id, [product]), range(100)))
+    finally:
+        database.close()
+    assert outcomes.count("201") == 20
+    assert outcomes.count("409") == 80
+    assert db.execute("SELECT stock FROM products WHERE id = %s", (product,)).fetchone() == (0,)
+    assert db.execute("SELECT count(*), coalesce(sum(quantity), 0) FROM order_items").fetchone() == (20, 20)
+
+
+@pytest.mark.slow
+def test_orders_locking_the_same_products_in_opposite_request_order_never_deadlock(database_url: str, db):
+    user_id = db.execute("INSERT INTO users (name, email) VALUES ('A', 'a@example.org') RETURNING id").fetchone()[0]
+    ids = [
+        db.execute("INSERT INTO products (sku, name, price_cents, stock) VALUES (%s, 'P', 1, 1000) RETURNING id",
+                   (sku,)).fetchone()[0]
+        for sku in ("P1", "P2", "P3")
+    ]
+    database = Database(database_url, min_size=0, max_size=10, timeout=20, max_waiting=200)
+    database.open()
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            orders = [ids if i % 2 else list(reversed(ids)) for i in range(60)]
+            outcomes = list(pool.map(lambda p: place_one(database, user_id, p), orders))
+    finally:
+        database.close()
+    assert outcomes == ["201"] * 60  # a deadlock would surface as TransientDatabaseError here
+    assert db.execute("SELECT sum(stock) FROM products").fetchone() == (3000 - 180,)

@@ -1,0 +1,71 @@
+"""Migrations apply once each, in order, recorded, and two concurrent runs are safe."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import _with_database
+from webapp.migrate import migrate, migration_files
+
+
+@pytest.fixture
+def empty_database(server_url: str):
+    name = f"webapp_mig_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    yield _with_database(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+def test_every_sql_file_has_a_header_comment_and_a_unique_number():
+    files = migration_files()
+    assert [f.name[:4] for f in files] == sorted({f.name[:4] for f in files})
+    for path in files:
+        assert path.read_text().startswith("-- "), f"{path.name} needs a header comment"
+
+
+def test_migrate_applies_all_files_once_and_records_them(empty_database: str):
+    first = migrate(empty_database)
+    second = migrate(empty_database)
+    assert first == [f.name for f in migration_files()]
+    assert second == []
+    with psycopg.connect(empty_database) as conn:
+        recorded = [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert recorded == first
+
+
+def test_two_concurrent_migrate_runs_apply_each_file_exactly_once(empty_database: str):
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(migrate(empty_database))
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert sorted(len(r) for r in results) == [0, len(migration_files())]
+
+
+def test_a_failing_migration_is_rolled_back_and_not_recorded(empty_database: str, tmp_path: Path):
+    (tmp_path / "0001_ok.sql").write_text("-- ok\nCREATE TABLE a (id int);\n")
+    (tmp_path / "0002_broken.sql").write_text("-- broken\nCREATE TABLE b (id int);\nSELECT no_such_function();\n")
+    with pytest.raises(psycopg.Error):
+        migrate(empty_database, tmp_path)
+    with psycopg.connect(empty_database) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
+        has_b = conn.execute("SELECT to_regclass('b') IS NOT NULL").fetchone()
+    assert versions == ["0001_ok.sql"]
+    assert has_b == (False,)
