@@ -41,12 +41,12 @@ def wrk_path() -> str:
 
 
 def run_wrk(
-    port: int, mode: str, *, seconds: float, connections: int, threads: int, users: int, products: int,
+    port: int, mode: str, *, seconds: int, connections: int, threads: int, users: int, products: int,
     write_percent: int = 20,
 ) -> WrkResult:
     """Load 127.0.0.1:port for `seconds` with the given scenario mode (get, post, mixed)."""
     cmd = [
-        wrk_path(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+        wrk_path(), f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "5s",
         "-s", str(SCRIPT), f"http://127.0.0.1:{port}",
         "--", mode, str(users), str(products), str(write_percent),
     ]

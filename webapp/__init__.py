@@ -91,7 +91,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.extensions["webapp"] = {
         "config": config, "database": database, "transaction": transaction, "health": health, "metrics": metrics,
     }
-    logging.getLogger(__name__).info("app created", extra={"database": "configured", "cache": config.redis_url is not None})
+    logging.getLogger(__name__).info("app created", extra={"cache": config.redis_url is not None})
     return app
 
 

@@ -55,7 +55,8 @@ def _check(database_url: str, stderr: TextIO) -> int:
     except psycopg.Error as exc:
         print(f"error: cannot reach {mask_url(database_url)}: {type(exc).__name__}", file=stderr)
         return 1
-    log.info("configuration ok", extra={"database": mask_url(database_url), "server_version": version[0] if version else "?"})
+    server_version = version[0] if version else "?"
+    log.info("configuration ok", extra={"database": mask_url(database_url), "server_version": server_version})
     return 0
 
 

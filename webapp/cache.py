@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import redis
 
@@ -13,7 +15,9 @@ from webapp.resilience import CircuitBreaker, CircuitOpen
 
 log = logging.getLogger(__name__)
 
-# Only these mean "Redis is unwell"; anything else (a bad payload) is not the breaker's business.
+# Only these mean "Redis is unwell" and count towards opening the breaker. Other Redis errors
+# (OOM when maxmemory is full, READONLY on a demoted replica) are answers, not silence: they
+# are still a miss for the caller, but they do not open the circuit.
 UNHEALTHY: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
@@ -41,6 +45,7 @@ class RedisUserCache:
         self._prefix = prefix
 
     def get(self, user_id: int) -> User | None:
+        """The cached user, or None on a miss, an unreadable value, or an unwell Redis."""
         raw = self._guarded(self._client.get, f"{self._prefix}{user_id}")
         if not raw:
             return None
@@ -51,24 +56,29 @@ class RedisUserCache:
             return None  # a stale or foreign value is just a miss
 
     def put(self, user: User) -> None:
+        """Cache the user for ttl seconds (best effort)."""
         payload = json.dumps(
             {"id": user.id, "name": user.name, "email": user.email, "created_at": user.created_at.isoformat()}
         )
         self._guarded(self._client.set, f"{self._prefix}{user.id}", payload, ex=self._ttl)
 
     def invalidate(self, user_id: int) -> None:
+        """Drop the cached user (best effort: if Redis is unreachable now, the TTL bounds the staleness)."""
         self._guarded(self._client.delete, f"{self._prefix}{user_id}")
 
     def ping(self, timeout: float) -> None:
         """Raise unless Redis answers PING (health check; bypasses the breaker to see recovery)."""
+        # timeout is not needed: the client's own socket timeouts (tens of ms) are far shorter.
         if not self._client.ping():
             raise redis.ConnectionError("PING failed")
 
-    def _guarded(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _guarded(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return self._breaker.call(fn, *args, **kwargs)
         except CircuitOpen:
             return None  # open: do not wait on Redis at all
-        except UNHEALTHY as exc:
+        except (redis.RedisError, OSError) as exc:
+            # Every Redis failure is a miss: the cache must never turn into a 5xx. DEBUG, because
+            # during an outage this fires on every request; the breaker's transitions are the signal.
             log.debug("cache unavailable: %s", type(exc).__name__)
             return None

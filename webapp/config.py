@@ -132,7 +132,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     try:
         env.seal()
     except environs.EnvValidationError as exc:
-        problems.update({key: [str(m) for m in msgs] for key, msgs in exc.error_messages.items()})
+        messages = exc.error_messages  # {"VAR": ["problem", ...]} for eager=False
+        assert isinstance(messages, dict)
+        problems.update({key: [str(m) for m in msgs] for key, msgs in messages.items()})
     if not problems and values["db_pool_min"] > values["db_pool_max"]:
         problems["DB_POOL_MIN"] = ["must not exceed DB_POOL_MAX"]
     if problems:

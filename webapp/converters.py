@@ -10,5 +10,5 @@ from webapp.validation import MAX_ID
 class IdConverter(IntegerConverter):
     """A positive bigint id: /users/0 or /users/99999999999999999999 is a 404, never a database error."""
 
-    def __init__(self, map, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def __init__(self, map, *args, **kwargs):
         super().__init__(map, min=1, max=MAX_ID)

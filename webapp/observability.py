@@ -8,8 +8,7 @@ import time
 from typing import IO, Any
 
 from flask import g, has_request_context
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from pythonjsonlogger.json import JsonFormatter
 
 _HANDLER_NAME = "webapp-json"
@@ -35,12 +34,24 @@ def json_formatter() -> JsonFormatter:
     )
 
 
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
+    """Writes to whatever sys.stdout is at emit time: test runners swap (and close) stdout."""
+
+    @property  # type: ignore[override,unused-ignore]
+    def stream(self) -> IO[str]:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        pass
+
+
 def configure_logging(level: str, stream: IO[str] | None = None) -> None:
     """Send every logger's records to one JSON handler on stdout at `level` (idempotent)."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(handler)  # create_app may run twice in one process (tests)
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler = logging.StreamHandler(stream) if stream else _StdoutHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(json_formatter())
     handler.addFilter(RequestIdFilter())

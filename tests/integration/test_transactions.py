@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import psycopg
@@ -42,10 +43,8 @@ def test_a_commit_after_a_failed_statement_raises_instead_of_silently_rolling_ba
     # Postgres answers COMMIT with "ROLLBACK" (no error) once a statement failed.
     with pytest.raises(CommitFailed), database.transaction(Deadline(5)) as conn:
         conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
-        try:
-            conn.execute("SELECT 1/0")
-        except psycopg.errors.DivisionByZero:
-            pass  # a careless caller swallows the error and carries on
+        with contextlib.suppress(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1/0")  # a careless caller swallows the error and carries on
     assert count_users(db) == 0
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from webapp.config import Config, ConfigError, load_config, mask_url
+from webapp.config import ConfigError, load_config, mask_url
 
 URL = "postgresql://app:s3cret-pw@db.internal:5432/shop"
 

@@ -53,9 +53,9 @@ def test_listing_pages_with_a_cursor_until_the_end():
     service, _, _ = build()
     for i in range(5):
         service.register(f"U{i}", f"u{i}@example.org")
-    first = service.list(after=0, limit=2)
-    second = service.list(after=first.next or 0, limit=2)
-    third = service.list(after=second.next or 0, limit=2)
+    first = service.page(after=0, limit=2)
+    second = service.page(after=first.next or 0, limit=2)
+    third = service.page(after=second.next or 0, limit=2)
     assert [u.id for u in first.items + second.items + third.items] == [1, 2, 3, 4, 5]
     assert third.next is None
 

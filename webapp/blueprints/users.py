@@ -27,7 +27,7 @@ def users_blueprint(users: UserService) -> Blueprint:
     @bp.get("/users")
     def list_users() -> ResponseReturnValue:
         after, limit = parse_page(request.args)
-        return page_to_json(users.list(after, limit))
+        return page_to_json(users.page(after, limit))
 
     @bp.get("/users/<id:user_id>/orders")
     def list_user_orders(user_id: int) -> ResponseReturnValue:

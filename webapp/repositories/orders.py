@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from webapp.models import Order, OrderItem
 from webapp.repositories.base import Repository
@@ -54,7 +55,7 @@ _SELECT_ORDERS = (
 )
 
 
-def _assemble(rows: list[tuple]) -> list[Order]:  # type: ignore[type-arg]
+def _assemble(rows: list[tuple[Any, ...]]) -> list[Order]:
     """Fold joined order/item rows (sorted by order id) into Orders."""
     orders: list[Order] = []
     items: list[OrderItem] = []

@@ -29,7 +29,7 @@ class UserService:
             self._cache.put(user)
         return user
 
-    def list(self, after: int, limit: int) -> Page:
+    def page(self, after: int, limit: int) -> Page:
         """One page of users with ids greater than `after`."""
         return self._users.list_after(after, limit)
 
