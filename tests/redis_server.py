@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from typing import Self
 
 import redis
 
@@ -27,7 +28,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> RedisServer:
+    def start(self) -> Self:
         """Start (or restart, on the same port) and wait until it answers PING."""
         self._process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -56,7 +57,7 @@ class RedisServer:
         """A separate client for the test itself (arrange, inspect, pause)."""
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, socket_connect_timeout=1)
 
-    def __enter__(self) -> RedisServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

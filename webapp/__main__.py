@@ -19,6 +19,10 @@ def main(argv: Sequence[str], environ: Mapping[str, str], stderr: TextIO = sys.s
     parser = argparse.ArgumentParser(prog="webapp", description=__doc__)
     parser.add_argument("command", choices=["migrate", "check", "serve", "dev"])
     args = parser.parse_args(argv)
+    if args.command == "dev":  # it makes the DATABASE_URL the others need, so it runs first
+        from webapp.devserver import run_dev
+
+        return run_dev(environ, stderr)
     try:
         config = load_config(environ)
     except ConfigError as exc:
@@ -39,11 +43,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str], stderr: TextIO = sys.s
         return 0
     if args.command == "check":
         return _check(config.database_url, stderr)
-    if args.command == "serve":
-        return _serve(environ)
-    from webapp.devserver import run_dev
-
-    return run_dev(environ, stderr)
+    return _serve(environ)
 
 
 def _check(database_url: str, stderr: TextIO) -> int:
