@@ -1,43 +1,65 @@
-"""Gunicorn settings from the environment, and thin lifecycle hooks that call webapp.lifecycle."""
+"""Gunicorn settings from the environment, and thin hooks that call webapp.lifecycle.
 
-import multiprocessing
+docs/operations.md explains each choice; `gunicorn 'webapp:create_app()'` reads this file by itself.
+"""
+
 import os
 import tempfile
 
-# Trap: prometheus_client decides single- vs multi-process mode at import time from this
-# variable, so it must be set here, in the master, before anything imports prometheus_client.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"webapp-metrics-{os.getpid()}"))
+# Trap: prometheus_client picks single- or multi-process storage when it is first imported,
+# from this variable, so it is set here, in the master, before anything imports it. The default
+# is a folder of this master's own: wiped at start, removed at exit.
+_own_metrics_dir = os.path.join(tempfile.gettempdir(), f"webapp-metrics-{os.getpid()}")
+_metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _own_metrics_dir)
 
-from webapp import lifecycle  # noqa: E402  (after the environment above is set)
+# Only now may anything import prometheus_client (webapp does).
+from webapp import lifecycle
+from webapp.observability import gunicorn_logconfig
 
-bind = [f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"]
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
+bind = [f"0.0.0.0:{os.environ.get('PORT', '8000')}"]
+# Sync workers wait on Postgres, so more workers than cores; sched_getaffinity sees a container's CPU limit.
+workers = int(os.environ.get("WEB_CONCURRENCY", 2 * len(os.sched_getaffinity(0)) + 1))
 worker_class = "webapp.lifecycle.DrainingSyncWorker"
-# Heroku-style platforms kill the process 30 s after SIGTERM: drain + graceful stop fit inside.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+preload_app = False  # each worker imports and builds its own app (and pool) after fork
+# A request may run `timeout` s (above REQUEST_TIMEOUT, so the app's own 504 comes first); a stop
+# drains, then waits `graceful_timeout` for requests; all of it inside the platform's 30 s.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "15"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
-keepalive = 2
-backlog = int(os.environ.get("GUNICORN_BACKLOG", "256"))  # bounded: excess load is refused, not queued forever
-preload_app = False  # each worker builds its own app (and pool) after fork
+_drain_seconds = float(os.environ.get("SHUTDOWN_DRAIN_SECONDS", "1"))
+lifecycle.check_stop_window(timeout=timeout, graceful_timeout=graceful_timeout, drain_seconds=_drain_seconds)
+# Bounded: past it the kernel drops new SYNs (clients retry) instead of queueing work we cannot reach.
+backlog = int(os.environ.get("GUNICORN_BACKLOG", "256"))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = max_requests // 10
-# gunicorn 27 opens a control socket under $HOME by default; two instances on one host would
-# share its path. This service is managed by signals only, so it is off.
+# gunicorn 27 opens a control socket at a per-user path by default: two instances on one host
+# would share it, and it runs a thread in the master that every later fork inherits. This
+# service is driven by signals (and platform restarts) only, so it is off.
 control_socket_disable = True
-logconfig_dict = lifecycle.gunicorn_logconfig(os.environ.get("LOG_LEVEL", "info"))
-accesslog = None  # the app logs one JSON line per request; gunicorn's access log would duplicate it
+# One JSON object per line on stdout, for gunicorn's lines and the app's alike.
+loglevel = os.environ.get("LOG_LEVEL", "info")
+logconfig_dict = gunicorn_logconfig(loglevel)
+logger_class = "webapp.lifecycle.GunicornLogger"
+accesslog = None  # the app logs one line per request, with the route template and request id
 
 
 def on_starting(server):
-    lifecycle.on_starting(server)
+    lifecycle.on_starting(server, drain_seconds=_drain_seconds)
 
 
 def when_ready(server):
     lifecycle.when_ready(server)
 
 
+def post_fork(server, worker):
+    lifecycle.post_fork(worker, drain_seconds=_drain_seconds)
+
+
 def post_worker_init(worker):
     lifecycle.post_worker_init(worker)
+
+
+def worker_abort(worker):
+    lifecycle.worker_abort(worker)
 
 
 def worker_exit(server, worker):
@@ -48,9 +70,5 @@ def child_exit(server, worker):
     lifecycle.child_exit(server, worker)
 
 
-def worker_abort(worker):
-    lifecycle.worker_abort(worker)
-
-
 def on_exit(server):
-    lifecycle.on_exit(server)
+    lifecycle.on_exit(server, remove_metrics_dir=_own_metrics_dir if _metrics_dir == _own_metrics_dir else None)

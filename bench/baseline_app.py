@@ -16,7 +16,9 @@ from psycopg_pool import ConnectionPool
 
 def create_app() -> Flask:
     """One pool per worker (gunicorn calls this after fork), same sizes as the service's defaults."""
-    pool = ConnectionPool(os.environ["DATABASE_URL"], min_size=2, max_size=10, timeout=2.0, open=True)
+    pool = ConnectionPool(
+        os.environ["DATABASE_URL"], min_size=2, max_size=10, timeout=2.0, open=True
+    )
     app = Flask("baseline")
 
     @app.get("/readyz")
@@ -27,11 +29,21 @@ def create_app() -> Flask:
 
     @app.get("/users/<int:user_id>")
     def get_user(user_id: int) -> Any:
-        with pool.connection() as conn:  # BEGIN .. COMMIT, like the service's per-request transaction
-            row = conn.execute("SELECT id, name, email, created_at FROM users WHERE id = %s", (user_id,)).fetchone()
+        with (
+            pool.connection() as conn
+        ):  # BEGIN .. COMMIT, like the service's per-request transaction
+            row = conn.execute(
+                "SELECT id, name, email, created_at FROM users WHERE id = %s",
+                (user_id,),
+            ).fetchone()
         if row is None:
             return {"error": "not found"}, 404
-        return {"id": row[0], "name": row[1], "email": row[2], "created_at": row[3].isoformat()}
+        return {
+            "id": row[0],
+            "name": row[1],
+            "email": row[2],
+            "created_at": row[3].isoformat(),
+        }
 
     @app.post("/orders")
     def place_order() -> Any:
@@ -39,7 +51,10 @@ def create_app() -> Flask:
         user_id = data["user_id"]
         lines = {item["product_id"]: item["quantity"] for item in data["items"]}
         with pool.connection() as conn:
-            if conn.execute("SELECT 1 FROM users WHERE id = %s", (user_id,)).fetchone() is None:
+            if (
+                conn.execute("SELECT 1 FROM users WHERE id = %s", (user_id,)).fetchone()
+                is None
+            ):
                 return {"error": "unknown user"}, 422
             products = conn.execute(
                 "SELECT id, price_cents, stock FROM products WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
@@ -48,7 +63,9 @@ def create_app() -> Flask:
             if len(products) != len(lines):
                 return {"error": "unknown product"}, 422
             if any(stock < lines[pid] for pid, _price, stock in products):
-                return {"error": "insufficient stock"}, 409  # nothing written yet; the pool rolls back
+                return {
+                    "error": "insufficient stock"
+                }, 409  # nothing written yet; the pool rolls back
             conn.execute(
                 "UPDATE products SET stock = stock - v.quantity "
                 "FROM unnest(%s::bigint[], %s::int[]) AS v(id, quantity) WHERE products.id = v.id",
@@ -56,15 +73,29 @@ def create_app() -> Flask:
             )
             total = sum(lines[pid] * price for pid, price, _stock in products)
             order_id, created_at = conn.execute(
-                "INSERT INTO orders (user_id, total_cents) VALUES (%s, %s) RETURNING id, created_at", (user_id, total)
+                "INSERT INTO orders (user_id, total_cents) VALUES (%s, %s) RETURNING id, created_at",
+                (user_id, total),
             ).fetchone()  # type: ignore[misc]
             conn.execute(
                 "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) "
                 "SELECT %s, * FROM unnest(%s::bigint[], %s::int[], %s::bigint[])",
-                (order_id, [p[0] for p in products], [lines[p[0]] for p in products], [p[1] for p in products]),
+                (
+                    order_id,
+                    [p[0] for p in products],
+                    [lines[p[0]] for p in products],
+                    [p[1] for p in products],
+                ),
             )
-        items = [{"product_id": p[0], "quantity": lines[p[0]], "unit_price_cents": p[1]} for p in products]
-        body = {"id": order_id, "user_id": user_id, "total_cents": total, "created_at": created_at.isoformat()}
+        items = [
+            {"product_id": p[0], "quantity": lines[p[0]], "unit_price_cents": p[1]}
+            for p in products
+        ]
+        body = {
+            "id": order_id,
+            "user_id": user_id,
+            "total_cents": total,
+            "created_at": created_at.isoformat(),
+        }
         return {**body, "items": items}, 201
 
     return app

@@ -17,9 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from bench.seed import recreate_database, reset_orders, seed
+from bench.seed import prime_user_cache, recreate_database, reset_orders, seed
 from bench.servers import BASELINE_APP, OURS_APP, Gunicorn, rss_mib
 from bench.wrk import WrkResult, run_wrk
 
@@ -32,10 +30,21 @@ TARGET_P99_RATIO = 1.5
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    p.add_argument("--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                   help="Postgres admin URL; the bench database is created on this server")
-    p.add_argument("--database", default="webapp_bench", help="name of the bench database (dropped and recreated)")
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="Redis for the cache-on runs ('' = skip)")
+    p.add_argument(
+        "--server-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="Postgres admin URL; the bench database is created on this server",
+    )
+    p.add_argument(
+        "--database",
+        default="webapp_bench",
+        help="name of the bench database (dropped and recreated)",
+    )
+    p.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/14",
+        help="Redis for the cache-on runs ('' = skip)",
+    )
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--products", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3)
@@ -43,36 +52,67 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--write-percent", type=int, default=20, help="share of POST /orders in the mixed profile")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of " + ",".join(SCENARIOS))
+    p.add_argument(
+        "--write-percent",
+        type=int,
+        default=20,
+        help="share of POST /orders in the mixed profile",
+    )
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated subset of " + ",".join(SCENARIOS),
+    )
     return p.parse_args(argv)
 
 
-def start_servers(args: argparse.Namespace, url: str, log_dir: Path) -> dict[str, Gunicorn]:
+def start_servers(
+    args: argparse.Namespace, url: str, log_dir: Path
+) -> dict[str, Gunicorn]:
     """Start each target in turn (not together, so boot-to-ready is not measured under contention)."""
     targets = {
         "baseline": Gunicorn(BASELINE_APP, {"DATABASE_URL": url}, workers=args.workers),
         # Production settings: JSON log lines to a file, multiprocess metrics, request ids, deadline.
-        "ours": Gunicorn(OURS_APP, {"DATABASE_URL": url, "LOG_LEVEL": "info", "REDIS_URL": ""},
-                         workers=args.workers, log_path=log_dir / "ours.log"),
+        "ours": Gunicorn(
+            OURS_APP,
+            {"DATABASE_URL": url, "LOG_LEVEL": "info", "REDIS_URL": ""},
+            workers=args.workers,
+            log_path=log_dir / "ours.log",
+        ),
     }
     if args.redis_url:
-        redis.Redis.from_url(args.redis_url).flushdb()  # a cold cache, filled by the warm-up
-        targets["ours_cache"] = Gunicorn(OURS_APP, {"DATABASE_URL": url, "LOG_LEVEL": "info",
-                                                    "REDIS_URL": args.redis_url},
-                                         workers=args.workers, log_path=log_dir / "ours_cache.log")
+        primed = prime_user_cache(args.redis_url, url)
+        print(
+            f"primed the Redis cache with {primed} users (a warm cache; see bench/README.md)",
+            flush=True,
+        )
+        targets["ours_cache"] = Gunicorn(
+            OURS_APP,
+            {"DATABASE_URL": url, "LOG_LEVEL": "info", "REDIS_URL": args.redis_url},
+            workers=args.workers,
+            log_path=log_dir / "ours_cache.log",
+        )
     for target in targets.values():
         target.start().wait_ready()
         target.wait_workers()
     return targets
 
 
-def run_rounds(args: argparse.Namespace, targets: dict[str, Gunicorn]) -> dict[str, dict[str, list[WrkResult]]]:
+def run_rounds(
+    args: argparse.Namespace, targets: dict[str, Gunicorn]
+) -> dict[str, dict[str, list[WrkResult]]]:
     """Every scenario, `rounds` times, targets interleaved within each round."""
-    load = dict(connections=args.connections, threads=args.threads, users=args.users, products=args.products,
-                write_percent=args.write_percent)
-    for target in targets.values():  # warm-up: imports, pool connections, Postgres caches, Redis cache
-        run_wrk(target.port, "get", seconds=3, **load)  # type: ignore[arg-type]
+    load = {
+        "connections": args.connections,
+        "threads": args.threads,
+        "users": args.users,
+        "products": args.products,
+        "write_percent": args.write_percent,
+    }
+    for target in (
+        targets.values()
+    ):  # warm-up: imports, pool connections, Postgres caches, Redis cache
+        run_wrk(target.port, "get", seconds=3, **load)
     results: dict[str, dict[str, list[WrkResult]]] = {}
     for scenario in args.scenarios.split(","):
         mode = SCENARIOS[scenario]
@@ -80,10 +120,13 @@ def run_rounds(args: argparse.Namespace, targets: dict[str, Gunicorn]) -> dict[s
         results[scenario] = {name: [] for name in names}
         for round_no in range(1, args.rounds + 1):
             for name in names:
-                result = run_wrk(targets[name].port, mode, seconds=args.seconds, **load)  # type: ignore[arg-type]
+                result = run_wrk(targets[name].port, mode, seconds=args.seconds, **load)
                 results[scenario][name].append(result)
-                print(f"  {scenario:10} round {round_no} {name:10} {result.rps:8.0f} rps  p50 {result.p50_ms:6.2f} ms"
-                      f"  p99 {result.p99_ms:7.2f} ms  errors {result.errors}", flush=True)
+                print(
+                    f"  {scenario:10} round {round_no} {name:10} {result.rps:8.0f} rps  p50 {result.p50_ms:6.2f} ms"
+                    f"  p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
+                    flush=True,
+                )
     return results
 
 
@@ -120,17 +163,27 @@ def check_targets(summary: dict[str, Any]) -> dict[str, bool]:
     }
     if "ours_cache" in get:
         checks["get_cache_faster_than_baseline"] = get["ours_cache"]["rps_ratio"] > 1.0
-    checks["no_errors"] = all(row["errors"] == 0 for rows in summary.values() for row in rows.values())
+    checks["no_errors"] = all(
+        row["errors"] == 0 for rows in summary.values() for row in rows.values()
+    )
     return checks
 
 
 def print_table(summary: dict[str, Any]) -> None:
-    print(f"\n{'scenario':12} {'target':11} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'rps x':>7} {'p99 x':>7}")
+    print(
+        f"\n{'scenario':12} {'target':11} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'rps x':>7} {'p99 x':>7}"
+    )
     for scenario, rows in summary.items():
         for name, row in rows.items():
-            ratios = f"{row['rps_ratio']:7.2f} {row['p99_ratio']:7.2f}" if "rps_ratio" in row else f"{'':7} {'':7}"
-            print(f"{scenario:12} {name:11} {row['rps']:8.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f}"
-                  f" {row['errors']:7d} {ratios}")
+            ratios = (
+                f"{row['rps_ratio']:7.2f} {row['p99_ratio']:7.2f}"
+                if "rps_ratio" in row
+                else f"{'':7} {'':7}"
+            )
+            print(
+                f"{scenario:12} {name:11} {row['rps']:8.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f}"
+                f" {row['errors']:7d} {ratios}"
+            )
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -158,7 +211,10 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    print(f"seeding {args.users} users, {args.products} products in database {args.database!r}", flush=True)
+    print(
+        f"seeding {args.users} users, {args.products} products in database {args.database!r}",
+        flush=True,
+    )
     url = recreate_database(args.server_url, args.database)
     seed(url, users=args.users, products=args.products)
     with tempfile.TemporaryDirectory(prefix="bench-logs-") as log_dir:
@@ -167,22 +223,33 @@ def main(argv: list[str]) -> int:
             boot = {name: t.boot_to_ready for name, t in targets.items()}
             reset_orders(url)
             results = run_rounds(args, targets)
-            rss = {name: [round(rss_mib(pid), 1) for pid in t.worker_pids()] for name, t in targets.items()}
+            rss = {
+                name: [round(rss_mib(pid), 1) for pid in t.worker_pids()]
+                for name, t in targets.items()
+            }
         finally:
             codes = {name: t.stop() for name, t in targets.items()}
-        log_lines = {p.stem: sum(1 for _ in p.open("rb")) for p in Path(log_dir).glob("*.log")}
+        log_lines = {
+            p.stem: sum(1 for _ in p.open("rb")) for p in Path(log_dir).glob("*.log")
+        }
     summary = summarise(results)
     checks = check_targets(summary)
     print_table(summary)
     print(f"\nRSS per worker after load (MiB): {rss}")
-    print(f"boot to first 200 from /readyz (s): { {k: round(v or 0, 3) for k, v in boot.items()} }")
+    print(
+        f"boot to first 200 from /readyz (s): { {k: round(v or 0, 3) for k, v in boot.items()} }"
+    )
     print(f"JSON log lines written by ours: {log_lines}; exit codes: {codes}")
     print(f"targets: {checks}")
     stamp = time.strftime("%Y%m%dT%H%M%S")
     report = {
         "timestamp": stamp,
-        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
-                    "python": sys.version.split()[0], "note": "wrk and all servers share the same cores"},
+        "machine": {
+            "cpus": __import__("os").cpu_count(),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "note": "wrk and all servers share the same cores",
+        },
         "settings": {k: v for k, v in vars(args).items() if k != "server_url"},
         "summary": summary,
         "targets": checks,

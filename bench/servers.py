@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 OURS_APP = "webapp:create_app()"
@@ -39,9 +40,22 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
 def children(pid: int) -> list[int]:
     """Direct children of pid (gunicorn's workers), from /proc."""
     try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return [
+            int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
     except FileNotFoundError:
         return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time pid has used so far (from /proc/<pid>/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf(
+        "SC_CLK_TCK"
+    )  # utime, stime
 
 
 def rss_mib(pid: int) -> float:
@@ -61,19 +75,42 @@ class Gunicorn:
     port: int = field(default_factory=free_port)
     workers: int = 4
     log_path: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     boot_to_ready: float | None = None
     _metrics_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def command(self) -> list[str]:
-        if self.app == OURS_APP:
-            return [sys.executable, "-m", "gunicorn", "--config", str(PROJECT_DIR / "gunicorn.conf.py"), self.app]
+        gunicorn = [sys.executable, "-m", "gunicorn", *self.extra_args]
+        if (
+            self.app != BASELINE_APP
+        ):  # the service and its variants: the project's production settings
+            # --bind on the command line wins over the config file's 0.0.0.0: loopback only.
+            return [
+                *gunicorn,
+                "--config",
+                str(PROJECT_DIR / "gunicorn.conf.py"),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                self.app,
+            ]
         # The baseline: stock gunicorn, same worker count and class, nothing else.
-        return [sys.executable, "-m", "gunicorn", "--workers", str(self.workers), "--worker-class", "sync",
-                "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning", "--no-control-socket", self.app]
+        return [
+            *gunicorn,
+            "--workers",
+            str(self.workers),
+            "--worker-class",
+            "sync",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--log-level",
+            "warning",
+            "--no-control-socket",
+            self.app,
+        ]
 
-    def start(self) -> Gunicorn:
+    def start(self) -> Self:
         """Spawn the master; stdout/stderr (the JSON log lines) go to log_path or are discarded."""
         self._metrics_dir = tempfile.TemporaryDirectory(prefix="bench-metrics-")
         env = {
@@ -86,7 +123,13 @@ class Gunicorn:
         }
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(self.command(), cwd=PROJECT_DIR, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         if self.log_path:
             out.close()  # type: ignore[union-attr]  # the child holds its own copy
         return self
@@ -97,7 +140,9 @@ class Gunicorn:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.app} exited with {self.proc.returncode} before it was ready")
+                raise RuntimeError(
+                    f"{self.app} exited with {self.proc.returncode} before it was ready"
+                )
             try:
                 if http_get(self.port, path, timeout=1.0)[0] == 200:
                     self.boot_to_ready = time.monotonic() - self.started_at
@@ -105,9 +150,13 @@ class Gunicorn:
             except OSError:
                 pass
             time.sleep(0.02)
-        raise TimeoutError(f"{self.app} on port {self.port} not ready after {timeout} s")
+        raise TimeoutError(
+            f"{self.app} on port {self.port} not ready after {timeout} s"
+        )
 
-    def wait_workers(self, count: int | None = None, timeout: float = 15.0) -> list[int]:
+    def wait_workers(
+        self, count: int | None = None, timeout: float = 15.0
+    ) -> list[int]:
         """Wait until the master has `count` (default: all) workers; return their pids."""
         assert self.proc is not None
         want = self.workers if count is None else count
@@ -126,6 +175,12 @@ class Gunicorn:
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
+
+    def kill_worker(self, pid: int) -> None:
+        """SIGKILL one worker, as the OOM killer would."""
+        if pid not in self.worker_pids():
+            raise ValueError(f"{pid} is not a worker of this master")
+        os.kill(pid, signal.SIGKILL)
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM and wait; SIGKILL the whole group only if it overstays. Returns the exit code."""
@@ -147,7 +202,7 @@ class Gunicorn:
             self._metrics_dir = None
         return self.proc.returncode
 
-    def __enter__(self) -> Gunicorn:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *_exc: object) -> None:

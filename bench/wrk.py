@@ -36,21 +36,43 @@ class WrkResult:
 def wrk_path() -> str:
     path = shutil.which("wrk")
     if path is None:
-        raise SystemExit("wrk is not installed: `make bench` installs it (apt-get install wrk)")
+        raise SystemExit(
+            "wrk is not installed: `make bench` installs it (apt-get install wrk)"
+        )
     return path
 
 
 def run_wrk(
-    port: int, mode: str, *, seconds: int, connections: int, threads: int, users: int, products: int,
+    port: int,
+    mode: str,
+    *,
+    seconds: int,
+    connections: int,
+    threads: int,
+    users: int,
+    products: int,
     write_percent: int = 20,
 ) -> WrkResult:
     """Load 127.0.0.1:port for `seconds` with the given scenario mode (get, post, mixed)."""
     cmd = [
-        wrk_path(), f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "5s",
-        "-s", str(SCRIPT), f"http://127.0.0.1:{port}",
-        "--", mode, str(users), str(products), str(write_percent),
+        wrk_path(),
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{int(seconds)}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(SCRIPT),
+        f"http://127.0.0.1:{port}",
+        "--",
+        mode,
+        str(users),
+        str(products),
+        str(write_percent),
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, check=True, timeout=seconds + 30
+    ).stdout
     line = next((ln for ln in out.splitlines() if ln.startswith("WRK_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{out}")

@@ -60,7 +60,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     idempotency_keys = IdempotencyRepository(transaction.connection)
 
     # 4. Services: business rules, given exactly the repositories they use.
-    user_service = overrides.get("user_service") or UserService(users, orders, cache)
+    user_service = overrides.get("user_service") or UserService(users, orders, cache, transaction)
     product_service = overrides.get("product_service") or ProductService(products)
     order_service = overrides.get("order_service") or OrderService(
         transaction, users, products, orders, idempotency_keys,

@@ -1,4 +1,4 @@
-"""python -m webapp migrate|check|serve|dev — the run() pattern: main() returns an exit code."""
+"""python -m webapp migrate|check|serve|dev|purge-idempotency-keys — the run() pattern: main() returns an exit code."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ log = logging.getLogger("webapp.main")
 def main(argv: Sequence[str], environ: Mapping[str, str], stderr: TextIO = sys.stderr) -> int:
     """Run one command and return its exit status; never calls sys.exit itself."""
     parser = argparse.ArgumentParser(prog="webapp", description=__doc__)
-    parser.add_argument("command", choices=["migrate", "check", "serve", "dev"])
+    parser.add_argument("command", choices=["migrate", "check", "serve", "dev", "purge-idempotency-keys"])
     args = parser.parse_args(argv)
     if args.command == "dev":  # it makes the DATABASE_URL the others need, so it runs first
         from webapp.devserver import run_dev
@@ -43,6 +43,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str], stderr: TextIO = sys.s
         return 0
     if args.command == "check":
         return _check(config.database_url, stderr)
+    if args.command == "purge-idempotency-keys":
+        return _purge_idempotency_keys(config.database_url, config.idempotency_retention_hours)
     return _serve(environ)
 
 
@@ -57,6 +59,18 @@ def _check(database_url: str, stderr: TextIO) -> int:
         return 1
     server_version = version[0] if version else "?"
     log.info("configuration ok", extra={"database": mask_url(database_url), "server_version": server_version})
+    return 0
+
+
+def _purge_idempotency_keys(database_url: str, retention_hours: int) -> int:
+    """Delete Idempotency-Keys past their retention (run it from a scheduler, e.g. hourly)."""
+    import psycopg
+
+    from webapp.repositories import IdempotencyRepository
+
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+        deleted = IdempotencyRepository(lambda: conn).delete_expired(retention_hours)
+    log.info("expired idempotency keys deleted", extra={"deleted": deleted, "retention_hours": retention_hours})
     return 0
 
 

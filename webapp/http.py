@@ -103,7 +103,10 @@ def install(app: Flask, *, request_timeout: float, max_body_bytes: int, metrics:
         # Checked from the header, before a byte of the body is read.
         if (request.content_length or 0) > max_body_bytes:
             return error_response(413, "payload_too_large", f"request body exceeds {max_body_bytes} bytes")
-        if request.method in _BODY_METHODS and request.mimetype != "application/json":
+        # Unrouted requests keep their 404/405: a wrong path is not a wrong content type.
+        if request.routing_exception is None and request.method in _BODY_METHODS and (
+            request.mimetype != "application/json"
+        ):
             return error_response(415, "unsupported_media_type", "send the body as application/json")
         return None
 

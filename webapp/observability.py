@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
+from importlib import metadata
 from typing import IO, Any
 
 from flask import g, has_request_context
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_flask_exporter import PrometheusMetrics
 from pythonjsonlogger.json import JsonFormatter
 
-_HANDLER_NAME = "webapp-json"
+HANDLER_NAME = "webapp-json"
 # Seconds; covers a ~1 ms cached read up to the 10 s default deadline.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_QUERY_STRING = re.compile(r"\?[^\s'\"]+")
 
 
 class RequestIdFilter(logging.Filter):
@@ -25,40 +29,84 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class RedactQueryStrings(logging.Filter):
+    """Cut query strings out of gunicorn's own messages (e.g. "Invalid request line 'GET /x?token=...'").
+
+    Our request line never logs a query string; gunicorn's error log quotes the raw request line
+    when it rejects one. Its messages are rare, so re-rendering them here costs nothing.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("gunicorn"):
+            record.msg = _QUERY_STRING.sub("?<redacted>", record.getMessage())
+            record.args = None
+        return True
+
+
 def json_formatter() -> JsonFormatter:
-    """The one formatter for app and gunicorn lines: time, level, logger, message, then extras."""
-    return JsonFormatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s",
-        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
+    """The one formatter for app and gunicorn lines: time (UTC, ms), level, logger, pid, message, extras."""
+    formatter = JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
     )
+    # pid tells gunicorn's workers apart; milliseconds order the lines of one shutdown.
+    formatter.converter = time.gmtime
+    formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+    formatter.default_msec_format = "%s.%03dZ"
+    return formatter
 
 
-class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
-    """Writes to whatever sys.stdout is at emit time: test runners swap (and close) stdout."""
-
-    @property  # type: ignore[override,unused-ignore]
-    def stream(self) -> IO[str]:
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, _value: IO[str]) -> None:
-        pass
+def json_handler(stream: IO[str] | None = None) -> logging.Handler:
+    """A stdout handler that writes one JSON object per line, with request ids and no query strings."""
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.set_name(HANDLER_NAME)
+    handler.setFormatter(json_formatter())
+    handler.addFilter(RequestIdFilter())
+    handler.addFilter(RedactQueryStrings())
+    return handler
 
 
 def configure_logging(level: str, stream: IO[str] | None = None) -> None:
     """Send every logger's records to one JSON handler on stdout at `level` (idempotent)."""
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
-        root.removeHandler(handler)  # create_app may run twice in one process (tests)
-    handler = logging.StreamHandler(stream) if stream else _StdoutHandler()
-    handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(json_formatter())
-    handler.addFilter(RequestIdFilter())
-    root.addHandler(handler)
+    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        # create_app may run twice in one process (tests), and under gunicorn the master's
+        # handler (gunicorn_logconfig) is inherited by every worker: replace, never stack.
+        root.removeHandler(handler)
+    root.addHandler(json_handler(stream))
     root.setLevel(level.upper())
     # Werkzeug's dev-server access log would duplicate our request line.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def gunicorn_logconfig(level: str) -> dict[str, Any]:
+    """logging.config dict for gunicorn's master: its own log and ours, as JSON lines on stdout.
+
+    gunicorn's loggers propagate to the root handler, which is named like configure_logging's,
+    so a worker's create_app replaces it instead of printing every line twice.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {HANDLER_NAME: {"()": "webapp.observability.json_handler"}},
+        "loggers": {
+            "gunicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
+        },
+        "root": {"level": level.upper(), "handlers": [HANDLER_NAME]},
+    }
+
+
+def log_request(logger: logging.Logger, fields: dict[str, Any], *, quiet: bool) -> None:
+    """Log one request line at a level that says what it means: 5xx error, else info; probes debug.
+
+    Probes (health, metrics) stay at DEBUG whatever their status: a readiness 503 during a
+    shutdown or an outage is the probe doing its job, and they arrive every few seconds.
+    """
+    status = fields["status"]
+    level = logging.DEBUG if quiet else logging.ERROR if status >= 500 else logging.INFO
+    if logger.isEnabledFor(level):
+        logger.log(level, "request", extra=fields)
 
 
 class Metrics:
@@ -69,6 +117,8 @@ class Metrics:
         # imported, from PROMETHEUS_MULTIPROC_DIR; gunicorn.conf.py sets it before any import.
         self.multiproc_dir = multiproc_dir
         self.registry = CollectorRegistry()
+        # Defined with prometheus_client, not the exporter's per-request hooks: the seed's names
+        # and labels differ from the exporter's defaults (see docs/operations.md, "Metrics").
         self.requests = Counter(
             "http_requests_total", "HTTP requests by route template and status",
             ["method", "path", "status"], registry=self.registry,
@@ -86,6 +136,12 @@ class Metrics:
         self.breaker = Gauge(
             "circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
             ["name"], registry=self.registry, multiprocess_mode="livemax",
+        )
+        # The exporter's one-line helper for the conventional "which build is running" gauge;
+        # built without an app, so it adds no per-request hooks.
+        PrometheusMetrics(app=None, path=None, export_defaults=False, registry=self.registry).info(
+            "webapp_info", "The running build: always 1, labelled with versions",
+            version=_version(), python=".".join(map(str, sys.version_info[:3])),
         )
         self._pool_sampled_at = 0.0
 
@@ -115,9 +171,8 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def log_request(logger: logging.Logger, fields: dict[str, Any], *, quiet: bool) -> None:
-    """Log one request line at a level that says what it means (5xx error, else info; probes debug)."""
-    status = fields["status"]
-    level = logging.ERROR if status >= 500 else logging.DEBUG if quiet else logging.INFO
-    if logger.isEnabledFor(level):
-        logger.log(level, "request", extra=fields)
+def _version() -> str:
+    try:
+        return metadata.version("webapp")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -11,6 +13,9 @@ from webapp.db import Database
 from webapp.resilience import Deadline
 
 _KEY = "_transaction"
+_AFTER_COMMIT = "_after_commit"
+
+log = logging.getLogger(__name__)
 
 
 class RequestTransaction:
@@ -36,8 +41,22 @@ class RequestTransaction:
     def finish(self, *, commit: bool) -> None:
         """Commit or roll back and give the connection back; a no-op when none was taken."""
         conn = g.pop(_KEY, None)  # popped first: a failing commit must not be finished twice
+        callbacks = g.pop(_AFTER_COMMIT, [])  # dropped on rollback and on restart()
         if conn is not None:
-            self.database.end(conn, commit=commit)
+            self.database.end(conn, commit=commit)  # raises if COMMIT failed: callbacks never run
+        if commit:
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:
+                    # The data is committed: a failing side effect must not turn that into a 500.
+                    log.exception("after-commit callback failed")
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run callback once this request's transaction has committed (e.g. evict a cache entry); never on rollback."""
+        # After, not before: evicting before COMMIT lets a concurrent reader re-cache the old row
+        # in between. Still before the response is sent, so the client reads its own write.
+        g.setdefault(_AFTER_COMMIT, []).append(callback)
 
     def restart(self) -> None:
         """Roll back and forget the transaction; the next query begins a fresh one (whole-transaction retry)."""

@@ -29,6 +29,9 @@ class Fields:
                 label: str | None = None) -> int:
         value = (self.data if source is None else source).get(name)
         label = label or name
+        # JSON has one number type: 5.0 is the integer 5 (as JSON Schema says), 5.5 is not.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         # bool is an int in Python; true is not a valid quantity.
         if isinstance(value, bool) or not isinstance(value, int):
             self.problems[label] = "required integer" if value is None else "must be an integer"
@@ -47,6 +50,8 @@ class Fields:
             self.problems[name] = f"must be 1 to {max_len} characters"
         elif "\x00" in value:
             self.problems[name] = "must not contain NUL characters"  # Postgres text rejects NUL
+        elif not _utf8_encodable(value):
+            self.problems[name] = "must be valid Unicode text"  # a lone surrogate ("\ud800") has no UTF-8 form
         elif pattern is not None and not pattern.match(value):
             self.problems[name] = "has an invalid format"
         return value
@@ -55,6 +60,14 @@ class Fields:
         """Raise one ValidationFailed naming every problem found."""
         if self.problems:
             raise ValidationFailed("request validation failed", fields=self.problems)
+
+
+def _utf8_encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_new_user(data: Any) -> tuple[str, str]:

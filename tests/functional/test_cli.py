@@ -35,3 +35,12 @@ def test_the_module_exits_with_mains_status_and_prints_no_traceback():
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "DATABASE_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_purge_deletes_only_idempotency_keys_past_their_retention(database_url, db):
+    db.execute(
+        "INSERT INTO idempotency_keys (key, request_hash, status_code, response, created_at) VALUES "
+        "('old-key-1', 'h', 201, '{}', now() - interval '25 hours'), ('new-key-1', 'h', 201, '{}', now())"
+    )
+    assert main(["purge-idempotency-keys"], {"DATABASE_URL": database_url}, io.StringIO()) == 0
+    assert db.execute("SELECT key FROM idempotency_keys").fetchall() == [("new-key-1",)]

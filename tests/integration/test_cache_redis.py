@@ -1,4 +1,5 @@
-"""RedisUserCache on a real redis-server of the test's own: a miss whenever Redis is unwell, never an error.
+"""RedisUserCache on a real redis-server of the test's own: a miss whenever Redis is unwell, never an error;
+and evictions that run only after the writing transaction has committed.
 
 Each test starts its own redis-server on a free port, so it can kill or pause it without
 disturbing anything else; the fixture always kills it afterwards.
@@ -6,17 +7,22 @@ disturbing anything else; the fixture always kills it afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
+from flask import Flask
 
 from tests.redis_server import RedisServer
 from webapp.cache import RedisUserCache, redis_client
+from webapp.db import CommitFailed, Database
 from webapp.models import User
 from webapp.resilience import CLOSED, OPEN, CircuitBreaker
+from webapp.transaction import RequestTransaction
 
 SOCKET_TIMEOUT = 0.2  # long enough to measure against, short enough to keep the tests quick
 THRESHOLD = 3
@@ -42,7 +48,7 @@ def make_cache(server: RedisServer, reset_after: float = 60.0) -> tuple[RedisUse
     return RedisUserCache(redis_client(server.url, SOCKET_TIMEOUT), breaker, ttl=300), breaker, moves
 
 
-def timed(fn, *args):  # type: ignore[no-untyped-def]
+def timed(fn, *args):
     started = time.monotonic()
     result = fn(*args)
     return result, time.monotonic() - started
@@ -158,3 +164,56 @@ def test_in_half_open_only_one_caller_waits_on_a_still_paused_redis(server: Redi
     waited = [s for s in durations if s >= SOCKET_TIMEOUT * 0.9]
     assert len(waited) == 1, durations  # the trial; the seven others failed fast
     assert breaker.state == OPEN  # the trial timed out, so the circuit opened again
+
+
+@pytest.fixture
+def transaction(database_url: str, db) -> Iterator[RequestTransaction]:
+    """A RequestTransaction on its own small pool, used inside a bare Flask request context."""
+    database = Database(database_url, min_size=0, max_size=1, timeout=2)
+    database.open()
+    yield RequestTransaction(database, default_timeout=5)
+    database.close()
+
+
+def count_users(db) -> int:
+    return db.execute("SELECT count(*) FROM users").fetchone()[0]
+
+
+def test_an_eviction_registered_in_a_transaction_runs_only_once_it_has_committed(server, transaction, db):
+    cache, _, _ = make_cache(server)
+    cache.put(ANN)
+    users_seen_by_others: list[int] = []
+
+    def evict() -> None:
+        users_seen_by_others.append(count_users(db))  # another connection: sees only committed rows
+        cache.invalidate(1)
+
+    with Flask(__name__).test_request_context():
+        transaction.connection().execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
+        transaction.after_commit(evict)
+        assert server.admin().exists("user:1") == 1  # registering does not run it
+        transaction.finish(commit=True)
+    assert users_seen_by_others == [1]  # it ran after COMMIT, not before
+    assert server.admin().exists("user:1") == 0
+
+
+@pytest.mark.parametrize("finish", ["rollback", "restart", "failed commit"])
+def test_an_eviction_never_runs_when_the_transaction_does_not_commit(server, transaction, db, finish):
+    cache, _, _ = make_cache(server)
+    cache.put(ANN)
+    with Flask(__name__).test_request_context():
+        conn = transaction.connection()
+        conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
+        transaction.after_commit(lambda: cache.invalidate(1))
+        if finish == "rollback":
+            transaction.finish(commit=False)
+        elif finish == "restart":
+            transaction.restart()  # a whole-transaction retry: the next attempt registers again
+            transaction.finish(commit=True)
+        else:
+            with contextlib.suppress(psycopg.errors.DivisionByZero):
+                conn.execute("SELECT 1/0")  # aborts the transaction: COMMIT cannot succeed
+            with pytest.raises(CommitFailed):
+                transaction.finish(commit=True)
+    assert server.admin().exists("user:1") == 1
+    assert count_users(db) == 0

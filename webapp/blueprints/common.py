@@ -15,7 +15,8 @@ def json_body() -> Any:
     """Decode the request body as JSON or raise MalformedRequest (400)."""
     try:
         return json.loads(request.get_data(cache=True))
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+    # JSONDecodeError is a ValueError; a body nested thousands deep ([[[[...) exhausts the decoder's recursion limit.
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MalformedRequest(f"request body is not valid JSON: {exc.__class__.__name__}") from exc
 
 

@@ -19,7 +19,8 @@ def metrics_blueprint(metrics: Metrics, token: str | None) -> Blueprint:
     def scrape() -> Response:
         if not _allowed(token):
             abort(404)  # do not even admit the endpoint exists
-        return Response(metrics.render(), mimetype=CONTENT_TYPE_LATEST)
+        # content_type, not mimetype: Flask would append a second "; charset=utf-8" to a text/* mimetype.
+        return Response(metrics.render(), content_type=CONTENT_TYPE_LATEST)
 
     return bp
 

@@ -15,11 +15,15 @@ class IdempotencyRepository(Repository):
     def try_claim(self, key: str) -> bool:
         """Take a transaction-scoped advisory lock on key; False when another request holds it."""
         # The lock (not a row) marks "in flight": it vanishes with the transaction, even on crash.
+        # try_, never the blocking form: a duplicate gets its 409 at once instead of holding a
+        # worker and a connection until the first one commits. Keys share Postgres' 64-bit
+        # advisory-lock space (with migrate's lock too); a hash collision costs one spurious 409.
         row = self._one("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
         return bool(row and row[0])
 
     def find(self, key: str, retention_hours: int) -> tuple[str, int, dict[str, Any]] | None:
         """Return (request_hash, status_code, response) stored for key within retention, or None."""
+        # An expired key counts as absent: the request is new again, and save() takes the row over.
         row = self._one(
             "SELECT request_hash, status_code, response FROM idempotency_keys "
             "WHERE key = %s AND created_at > now() - make_interval(hours => %s)",

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import ThreadPoolExecutor, wait
+
+from webapp.errors import DomainError
 
 log = logging.getLogger(__name__)
 
 Check = Callable[[float], None]  # raises when the dependency is unwell; gets its timeout in seconds
 
-OK, DISABLED = "ok", "disabled"
+OK, DISABLED, TIMEOUT = "ok", "disabled", "timeout"
+# A check that honours its timeout returns within it; this much more covers thread start-up.
+_GRACE_SECONDS = 0.1
 
 
 class HealthService:
@@ -27,7 +30,7 @@ class HealthService:
         self._stopping = threading.Event()
 
     def mark_stopping(self) -> None:
-        """From now on readiness answers shutting_down (called on SIGTERM)."""
+        """From now on readiness answers shutting_down (called on SIGTERM, inside a signal handler)."""
         self._stopping.set()
 
     @property
@@ -35,23 +38,25 @@ class HealthService:
         return self._stopping.is_set()
 
     def check(self) -> tuple[bool, dict[str, str]]:
-        """Run every check at once; return (healthy, {name: "ok" | "disabled" | short reason}).
+        """Run every check at once; return (healthy, {name: "ok" | "disabled" | "timeout" | short reason}).
 
         Unhealthy only when a required check fails; an optional one (the cache) just degrades.
+        The whole call takes at most the timeout (plus a little), however many checks hang.
         """
         checks = {**self._required, **{k: v for k, v in self._optional.items() if v is not None}}
         futures = {name: self._executor.submit(check, self._timeout) for name, check in checks.items()}
+        # One deadline for all: waiting on each future in turn could add their timeouts up.
+        wait(futures.values(), timeout=self._timeout + _GRACE_SECONDS)
         results = {name: DISABLED for name, check in self._optional.items() if check is None}
         for name, future in futures.items():
-            try:
-                # Each check got the timeout itself; this bound is for a check that ignores it.
-                future.result(timeout=self._timeout + 0.1)
-                results[name] = OK
-            except FutureTimeout:
-                results[name] = "timeout"
-            except Exception as exc:  # a probe reports; it never raises
-                results[name] = _reason(exc)
+            if not future.done():
+                future.cancel()  # still queued behind a hung check: do not run it late
+                results[name] = TIMEOUT
+            elif (exc := future.exception()) is not None:
+                results[name] = reason(exc)
                 log.debug("health check %s failed", name, exc_info=exc)
+            else:
+                results[name] = OK
         healthy = all(results[name] == OK for name in self._required)
         return healthy, results
 
@@ -60,6 +65,11 @@ class HealthService:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _reason(exc: Exception) -> str:
-    # Only the exception's class: its message may carry a host, a DSN, or worse.
-    return f"unavailable ({type(exc).__name__})"
+def reason(exc: BaseException) -> str:
+    """A short, safe reason: our own message for domain errors, else only the exception's class.
+
+    A driver's message may carry a host, a DSN or worse; ours never do.
+    """
+    if isinstance(exc, DomainError):
+        return f"unavailable: {exc.message}"
+    return f"unavailable: {type(exc).__name__}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from webapp.models import Order, OrderItem, OrderLine
 from webapp.resilience import Deadline, RetryError, retry_with_backoff
 from webapp.serialize import order_to_json
 from webapp.services.ports import IdempotencyStore, OrderStore, ProductStore, UnitOfWork, UserStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,11 +72,16 @@ class OrderService:
                 max_delay=0.25,
                 deadline=deadline,
                 retry_on=(TransientDatabaseError,),
-                # Never retry one statement: roll the transaction back and redo all of it.
-                before_retry=lambda _attempt, _exc: self._uow.restart(),
+                before_retry=self._roll_back_for_retry,
             )
         except RetryError as exc:
             raise exc.last_error from exc
+
+    def _roll_back_for_retry(self, attempt: int, exc: BaseException) -> None:
+        # Never retry one statement: roll the transaction back and redo all of it. Logged,
+        # because a steady trickle of these is how lock contention first shows itself.
+        log.warning("order transaction attempt %d failed (%s); retrying the whole transaction", attempt, exc)
+        self._uow.restart()
 
     def get(self, order_id: int) -> Order:
         """Return the order; NotFound otherwise."""

@@ -3,7 +3,7 @@ in-memory fakes of the unit tests both fit them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from webapp.models import Order, OrderItem, Page, Product, User
@@ -12,6 +12,9 @@ from webapp.models import Order, OrderItem, Page, Product, User
 class UnitOfWork(Protocol):
     def restart(self) -> None:
         """Roll back everything done so far; the next query starts a fresh transaction."""
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run callback after a successful COMMIT only (cache invalidation)."""
 
 
 class UserStore(Protocol):

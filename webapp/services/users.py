@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from webapp.errors import NotFound
 from webapp.models import Order, Page, User
-from webapp.services.ports import OrderStore, UserCache, UserStore
+from webapp.services.ports import OrderStore, UnitOfWork, UserCache, UserStore
 
 
 class UserService:
     """Users and the orders they placed."""
 
-    def __init__(self, users: UserStore, orders: OrderStore, cache: UserCache):
+    def __init__(self, users: UserStore, orders: OrderStore, cache: UserCache, uow: UnitOfWork | None = None):
         self._users = users
         self._orders = orders
         self._cache = cache
+        self._uow = uow
 
     def register(self, name: str, email: str) -> User:
         """Create a user; EmailTaken when the email is in use."""
-        return self._users.add(name, email)
+        user = self._users.add(name, email)
+        # A write evicts the user's cache entry once it is committed. For a new id that entry
+        # can only be a leftover (ids reused after a restore or a reset), but every user write
+        # goes through the same rule, so the next one cannot forget it.
+        self._after_commit(lambda: self._cache.invalidate(user.id))
+        return user
 
     def get(self, user_id: int) -> User:
         """Return the user, from the cache when it has it; NotFound otherwise."""
@@ -39,3 +47,9 @@ class UserService:
             raise NotFound(f"user {user_id} not found")
         orders = self._orders.list_for_user(user_id, after, limit + 1)  # +1 tells if more exist
         return orders[:limit], (orders[limit - 1].id if len(orders) > limit else None)
+
+    def _after_commit(self, callback: Callable[[], None]) -> None:
+        if self._uow is None:  # no transaction to wait for (in-memory fakes)
+            callback()
+        else:
+            self._uow.after_commit(callback)

@@ -1,0 +1,138 @@
+"""A bounded load generator that records every request's outcome exactly (threads + http.client).
+
+wrk reports totals; a fault scenario needs to know which request failed, when, and how:
+refused (never accepted: fine during a shutdown), dropped (accepted, then no answer: a bug),
+timeout, or an HTTP status with its headers.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# method, path, JSON body (or None)
+RequestSpec = tuple[str, str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one request; times are time.monotonic() seconds."""
+
+    started: float
+    ended: float
+    kind: str  # "response", "refused", "dropped", "timeout"
+    status: int = 0
+    retry_after: str | None = None
+    body: bytes = b""
+
+    @property
+    def elapsed(self) -> float:
+        return self.ended - self.started
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def send(port: int, spec: RequestSpec, timeout: float) -> Outcome:
+    """One request on a fresh connection, classified."""
+    method, path, body = spec
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        try:
+            conn.connect()
+        except ConnectionRefusedError:
+            return Outcome(started, time.monotonic(), "refused")
+        except TimeoutError:
+            return Outcome(started, time.monotonic(), "timeout")
+        # From here the kernel has accepted the connection: it is owed an answer.
+        headers = {"Connection": "close"}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except TimeoutError:
+            return Outcome(started, time.monotonic(), "timeout")
+        except (http.client.HTTPException, ConnectionError, OSError):
+            return Outcome(started, time.monotonic(), "dropped")
+        return Outcome(
+            started,
+            time.monotonic(),
+            "response",
+            response.status,
+            response.getheader("Retry-After"),
+            data if response.status != 200 or method != "GET" else b"",
+        )
+    finally:
+        conn.close()
+
+
+class Load:
+    """`threads` closed-loop clients until stop(), or `seconds`, or `max_requests`, whichever is first."""
+
+    def __init__(
+        self,
+        port: int,
+        make: Callable[[int], RequestSpec],
+        *,
+        threads: int = 8,
+        seconds: float = 60,
+        max_requests: int = 200_000,
+        timeout: float = 10.0,
+    ):
+        self.port = port
+        self.make = make
+        self.timeout = timeout
+        self.outcomes: list[Outcome] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._count = 0
+        self._max = max_requests
+        self._until = time.monotonic() + seconds
+        self._threads = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(threads)
+        ]
+
+    def _next(self) -> int | None:
+        with self._lock:
+            if (
+                self._stop.is_set()
+                or self._count >= self._max
+                or time.monotonic() >= self._until
+            ):
+                return None
+            self._count += 1
+            return self._count
+
+    def _run(self) -> None:
+        while (n := self._next()) is not None:
+            outcome = send(self.port, self.make(n), self.timeout)
+            with self._lock:
+                self.outcomes.append(outcome)
+            if outcome.kind == "refused":
+                time.sleep(0.01)  # nobody listening: do not spin
+
+    def start(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> list[Outcome]:
+        """Stop issuing requests, wait for those in flight, return every outcome in start order."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout + 5)
+        return sorted(self.outcomes, key=lambda o: o.started)
+
+
+def count(outcomes: list[Outcome], pred: Callable[[Outcome], bool]) -> int:
+    return sum(1 for o in outcomes if pred(o))

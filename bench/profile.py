@@ -1,0 +1,164 @@
+"""`python -m bench.profile`: price each middleware layer on GET /users/<id>.
+
+Runs the baseline, the full service and the service minus one layer at a time (bench/variants.py),
+interleaved over rounds, and prints median rps and worker CPU per request for each. CPU per request
+is the steadier figure on 2 shared cores: the difference to the baseline is what a layer costs.
+With --py-spy it also records the full service's workers into bench/results/profile-ours.folded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.run import RESULTS_DIR
+from bench.seed import recreate_database, seed
+from bench.servers import BASELINE_APP, OURS_APP, Gunicorn, cpu_seconds
+from bench.wrk import run_wrk
+
+QUIET_ACCESS = ["--logger-class", "bench.variants.QuietAccessLogger"]
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "baseline": (BASELINE_APP, []),
+    "ours": (OURS_APP, []),
+    "-gunicorn_access_atoms": (OURS_APP, QUIET_ACCESS),
+    "-log_line": ("bench.variants:create_app('log')", []),
+    "-metrics": ("bench.variants:create_app('metrics')", []),
+    "-deadline_begin": ("bench.variants:create_app('deadline')", []),
+    "-all_four": (
+        "bench.variants:create_app('log', 'metrics', 'deadline')",
+        QUIET_ACCESS,
+    ),
+}
+
+
+def measure(target: Gunicorn, args: argparse.Namespace) -> tuple[float, float, float]:
+    """One wrk run; returns (rps, p99 ms, worker CPU microseconds per request)."""
+    pids = target.worker_pids()
+    before = sum(cpu_seconds(p) for p in pids)
+    result = run_wrk(
+        target.port,
+        "get",
+        seconds=args.seconds,
+        connections=16,
+        threads=2,
+        users=args.users,
+        products=10,
+    )
+    used = sum(cpu_seconds(p) for p in pids) - before
+    return result.rps, result.p99_ms, used / max(1, result.requests) * 1e6
+
+
+def py_spy(target: Gunicorn, args: argparse.Namespace) -> Path:
+    """Sample the service's workers (100 Hz, so the profiler itself does not eat the 2 cores)."""
+    assert target.proc is not None
+    out = RESULTS_DIR / "profile-ours.folded"
+    spy = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(target.proc.pid),
+            "--subprocesses",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "-r",
+            "100",
+            "-d",
+            str(args.seconds),
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    run_wrk(
+        target.port,
+        "get",
+        seconds=args.seconds,
+        connections=16,
+        threads=2,
+        users=args.users,
+        products=10,
+    )
+    spy.wait(30)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    p.add_argument(
+        "--server-url", default="postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    p.add_argument("--database", default="webapp_bench")
+    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=8)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="also write a py-spy profile of the full service",
+    )
+    args = p.parse_args(argv)
+    url = recreate_database(args.server_url, args.database)
+    seed(url, users=args.users, products=10)
+    env = {"DATABASE_URL": url, "LOG_LEVEL": "info", "REDIS_URL": ""}
+    names = args.variants.split(",")
+    targets = {
+        n: Gunicorn(
+            VARIANTS[n][0], env, extra_args=VARIANTS[n][1], log_path=Path("/dev/null")
+        )
+        for n in names
+    }
+    rows: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}
+    try:
+        for target in targets.values():
+            target.start().wait_ready()
+            target.wait_workers()
+            run_wrk(
+                target.port,
+                "get",
+                seconds=2,
+                connections=16,
+                threads=2,
+                users=args.users,
+                products=10,
+            )
+        for round_no in range(args.rounds):
+            for name, target in targets.items():
+                rows[name].append(measure(target, args))
+                rps, p99, cpu = rows[name][-1]
+                print(
+                    f"round {round_no + 1} {name:24} {rps:7.0f} rps  p99 {p99:6.1f} ms  {cpu:6.0f} us CPU/request",
+                    flush=True,
+                )
+        if args.py_spy and "ours" in targets:
+            print(f"py-spy profile: {py_spy(targets['ours'], args)}")
+    finally:
+        for target in targets.values():
+            target.stop()
+    base_cpu = (
+        statistics.median(r[2] for r in rows["baseline"])
+        if "baseline" in rows
+        else None
+    )
+    full_cpu = statistics.median(r[2] for r in rows["ours"]) if "ours" in rows else None
+    print(
+        f"\n{'variant':24} {'rps':>7} {'p99 ms':>7} {'us CPU/req':>11} {'vs baseline':>12} {'saved vs ours':>14}"
+    )
+    for name, runs in rows.items():
+        rps, p99, cpu = (statistics.median(r[i] for r in runs) for i in range(3))
+        extra = f"{cpu - base_cpu:+12.0f}" if base_cpu is not None else ""
+        saved = f"{full_cpu - cpu:14.0f}" if full_cpu is not None else ""
+        print(f"{name:24} {rps:7.0f} {p99:7.1f} {cpu:11.0f} {extra} {saved}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
