@@ -72,6 +72,14 @@ def test_the_body_is_compared_by_meaning_not_by_its_bytes(app, db, shop):
     assert again.headers.get("Idempotent-Replayed") == "true"
 
 
+def test_a_whole_number_written_as_a_float_is_the_same_request(app, db, shop):
+    first = place(app, shop["body"])
+    as_float = {**shop["body"], "items": [{"product_id": shop["product"], "quantity": 2.0}]}
+    again = place(app, as_float)
+    assert again.status_code == 201 and again.json["id"] == first.json["id"]
+    assert count_orders(db) == 1
+
+
 def test_the_same_key_with_a_different_body_is_422_and_changes_nothing(app, db, shop):
     place(app, shop["body"])
     other = {**shop["body"], "items": [{"product_id": shop["product"], "quantity": 3}]}

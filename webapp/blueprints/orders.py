@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from typing import Any
+from collections.abc import Sequence
 
 from flask import Blueprint, request
 from flask.typing import ResponseReturnValue
 
 from webapp.blueprints.common import json_body, request_deadline
 from webapp.errors import ValidationFailed
+from webapp.models import OrderLine
 from webapp.serialize import order_to_json
 from webapp.services import OrderService
 from webapp.validation import parse_new_order
@@ -26,13 +26,12 @@ def orders_blueprint(orders: OrderService) -> Blueprint:
     @bp.post("/orders")
     def place_order() -> ResponseReturnValue:
         key = _idempotency_key()
-        data = json_body()
-        user_id, lines = parse_new_order(data)
+        user_id, lines = parse_new_order(json_body())
         receipt = orders.place_order(
             user_id,
             lines,
             idempotency_key=key,
-            request_hash=_fingerprint(data),
+            request_hash=_fingerprint(user_id, lines),
             deadline=request_deadline(),
         )
         headers = {"Idempotent-Replayed": "true"} if receipt.replayed else {}
@@ -57,7 +56,7 @@ def _idempotency_key() -> str | None:
     return key
 
 
-def _fingerprint(data: Any) -> str:
-    """Hash of the body's meaning, not its bytes: key order and whitespace do not make a new request."""
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+def _fingerprint(user_id: int, lines: Sequence[OrderLine]) -> str:
+    """Hash of the order's meaning, not the body's bytes: key order, whitespace, 5 vs 5.0 are one request."""
+    canonical = f"{user_id}|" + ",".join(f"{line.product_id}x{line.quantity}" for line in lines)
     return hashlib.sha256(canonical.encode()).hexdigest()
