@@ -16,7 +16,8 @@ _metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _own_metrics_di
 from webapp import lifecycle
 from webapp.observability import gunicorn_logconfig
 
-bind = [f"0.0.0.0:{os.environ.get('PORT', '8000')}"]
+# All interfaces, as a platform's router needs; BIND_HOST=127.0.0.1 keeps a laptop's server private.
+bind = [f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"]
 # Sync workers wait on Postgres, so more workers than cores; sched_getaffinity sees a container's CPU limit.
 workers = int(os.environ.get("WEB_CONCURRENCY", 2 * len(os.sched_getaffinity(0)) + 1))
 worker_class = "webapp.lifecycle.DrainingSyncWorker"

@@ -13,7 +13,6 @@ from typing import Any
 
 import psycopg
 from flask import Flask
-from gunicorn.glogging import Logger
 
 from webapp import create_app as create_service
 from webapp.config import load_config
@@ -70,6 +69,60 @@ class TunedDatabase(Database):
             self.pool.putconn(conn)
 
 
+class ConnectionTimeoutDatabase(Database):
+    """Suggested: statement_timeout = REQUEST_TIMEOUT once per connection; SET LOCAL only when shorter.
+
+    statement_timeout bounds each statement, so a per-connection default equal to the request
+    budget gives the same bound in the common case; only a shorter budget (X-Request-Timeout, or
+    time already spent) needs the extra statement. The real code's retry stays out of this sketch.
+    """
+
+    def __init__(self, conninfo: str, *, default_timeout: float, **kwargs: Any):
+        super().__init__(conninfo, **kwargs)
+        self._default_ms = int(default_timeout * 1000)
+        assert isinstance(self.pool.kwargs, dict)  # Database passes a dict
+        self.pool.kwargs["options"] = f"-c statement_timeout={self._default_ms}"
+
+    def begin(self, deadline: Deadline, *, retries: int = 3) -> psycopg.Connection[Any]:
+        conn = self.pool.getconn(timeout=deadline.bound(self.checkout_timeout))
+        budget_ms = max(1, int(deadline.remaining() * 1000))
+        if (
+            budget_ms >= self._default_ms - 100
+        ):  # 100 ms of slack: the checkout itself took some
+            conn.execute("BEGIN")
+        else:
+            conn.execute(b"BEGIN; SET LOCAL statement_timeout = %d" % budget_ms)
+        return conn
+
+
+def direct_request_log(app: Flask) -> None:
+    """Suggested: the request line as one json.dumps + write, bypassing logging's records/filters/handler."""
+    import sys
+    import time as _time
+
+    from flask import g, request
+
+    stream = sys.stdout
+
+    @app.after_request
+    def write_line(response: Any) -> Any:
+        rule = request.url_rule.rule if request.url_rule else "<unmatched>"
+        line = {
+            "time": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime()),
+            "level": "INFO",
+            "logger": "webapp.http",
+            "message": "request",
+            "method": request.method,
+            "path": rule,
+            "raw_path": request.path,
+            "status": response.status_code,
+            "request_id": g.get("request_id"),
+            "remote_addr": request.remote_addr,
+        }
+        stream.write(json.dumps(line) + "\n")
+        return response
+
+
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
     "asctime",
@@ -94,15 +147,10 @@ class FastJsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-class QuietAccessLogger(Logger):
-    """gunicorn's logger with the access log really off (logconfig_dict turns it on; see README)."""
-
-    access_log_enabled = False
-
-
 def create_app(*remove: str) -> Flask:
     """The service without the named layers: "log", "metrics", "deadline" (any combination),
-    or with the suggested fixes: "fastlog" (formatter), "fastdb" (BEGIN/COMMIT)."""
+    or with a suggested fix: "fastlog" (formatter), "fastdb" (BEGIN/COMMIT text),
+    "directlog" (request line without logging), "conndeadline" (per-connection statement_timeout)."""
     config = load_config()
     if "log" in remove:
         config = dataclasses.replace(
@@ -118,6 +166,17 @@ def create_app(*remove: str) -> Flask:
         if "fastdb" in remove
         else None
     )
+    if "conndeadline" in remove:
+        overrides["database"] = ConnectionTimeoutDatabase(
+            config.database_url,
+            default_timeout=config.request_timeout,
+            min_size=config.db_pool_min,
+            max_size=config.db_pool_max,
+            timeout=config.db_pool_timeout,
+            max_waiting=config.db_pool_max_waiting,
+        )
+    if "directlog" in remove:
+        config = dataclasses.replace(config, log_level="warning")
     if database_class is not None:
         overrides["database"] = database_class(
             config.database_url,
@@ -127,6 +186,8 @@ def create_app(*remove: str) -> Flask:
             max_waiting=config.db_pool_max_waiting,
         )
     app = create_service(config, **overrides)
+    if "directlog" in remove:
+        direct_request_log(app)
     if "fastlog" in remove:
         for handler in logging.getLogger().handlers:
             if handler.get_name() == "webapp-json":

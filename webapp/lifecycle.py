@@ -35,7 +35,9 @@ log = logging.getLogger("webapp.lifecycle")
 
 # Heroku SIGKILLs 30 s after SIGTERM; so does Kubernetes by default (terminationGracePeriodSeconds).
 STOP_WINDOW_SECONDS = 30.0
-# A draining worker stops this long after the master has refused new connections (step 2 before 4).
+# A handshake the kernel answered just before step 2 completes within a round trip; let it.
+_HANDSHAKE_SECONDS = 0.2
+# A draining worker stops this long after the drain delay, so after the master's step 2.
 _WORKER_LAG_SECONDS = 0.5
 
 
@@ -94,8 +96,9 @@ def stop_gracefully(arbiter: Any, drain_seconds: float) -> None:
         arbiter.kill_workers(signal.SIGTERM)  # readiness → 503 now; workers serve on meanwhile
         time.sleep(drain_seconds)
     if owns_listeners(arbiter):
-        for listener in arbiter.LISTENERS:
-            refuse_new_connections(listener)
+        refused = [refuse_new_connections(listener) for listener in arbiter.LISTENERS]
+        if any(refused):
+            time.sleep(_HANDSHAKE_SECONDS)  # handshakes already answered land in the queue, to be served
     raise StopIteration  # the run loop then calls halt(): close, SIGTERM, wait graceful_timeout
 
 
@@ -114,25 +117,34 @@ class _SockFprog(ctypes.Structure):  # struct sock_fprog: the program SO_ATTACH_
 
 
 _SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>; Python's socket module does not export it
-_BPF_RET_DROP = _SockFilter(0x06, 0, 0, 0)  # BPF_RET|BPF_K with k=0: keep 0 bytes, i.e. drop
+# Classic BPF, run on each packet reaching the socket with offset 0 at the TCP header:
+# "drop it if it is a pure SYN (SYN set, ACK clear), keep everything else".
+_DROP_NEW_SYNS = (
+    _SockFilter(0x30, 0, 0, 13),  # ldb [13]           the TCP flags byte
+    _SockFilter(0x54, 0, 0, 0x12),  # and #0x12        keep only SYN and ACK
+    _SockFilter(0x15, 0, 1, 0x02),  # jeq #0x02        SYN without ACK?
+    _SockFilter(0x06, 0, 0, 0),  # ret #0              yes: drop
+    _SockFilter(0x06, 0, 0, 0xFFFFFFFF),  # ret #-1    no: keep the whole packet
+)
 
 
 def refuse_new_connections(listener: Any) -> bool:
-    """Stop the kernel completing new TCP connections on listener; those already queued stay acceptable.
+    """Stop the kernel starting new TCP connections on listener; those already queued stay acceptable.
 
     Trap: the kernel completes handshakes by itself and queues them (the listen backlog) until a
     worker calls accept(); when the last process closes the socket, every queued connection is
     reset, though its client may already have sent a request. No call means "stop listening but
-    keep the queue", so a one-instruction BPF filter drops every packet reaching the *listening*
-    socket: new SYNs go unanswered (the client retries and gets "connection refused" once we are
-    gone, which is safe to retry), while queued connections have sockets of their own, untouched.
+    keep the queue", so a BPF filter on the *listening* socket drops new SYNs: those clients get
+    no answer, retry, and get "connection refused" once we are gone, which is safe to retry.
+    Only pure SYNs: the last ACK of a handshake already under way must pass, or its client
+    (connected, as far as it knows) would be reset instead. Queued connections are untouched.
     Linux only; elsewhere (or for a unix socket) returns False and the stop is gunicorn's own.
     """
     if not sys.platform.startswith("linux") or listener.family not in (socket.AF_INET, socket.AF_INET6):
         return False
-    program = (_SockFilter * 1)(_BPF_RET_DROP)
+    program = (_SockFilter * len(_DROP_NEW_SYNS))(*_DROP_NEW_SYNS)
     try:
-        listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(_SockFprog(1, program)))
+        listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(_SockFprog(len(_DROP_NEW_SYNS), program)))
     except OSError as exc:
         log.warning("could not refuse new connections; the backlog may be reset", extra={"error": str(exc)})
         return False
@@ -206,9 +218,9 @@ def worker_abort(worker: Any) -> None:
         return
     seconds = time.perf_counter() - g.get("started", time.perf_counter())
     path = request.url_rule.rule if request.url_rule else "<unmatched>"
-    stuck_at = "".join(traceback.format_stack(getattr(worker, "abort_frame", None)))
+    stuck_at = "".join(traceback.format_stack(getattr(worker, "abort_frame", None), limit=12))  # innermost
     log.error("worker timeout", extra={"timeout_s": worker.cfg.timeout, "stack": stuck_at})
-    log_request(log, {
+    log_request(logging.getLogger("webapp.http"), {  # the same request line as every other request
         "method": request.method, "path": path, "raw_path": request.path, "status": 504,
         "duration_ms": round(seconds * 1000, 2), "request_id": g.get("request_id"), "remote_addr": request.remote_addr,
     }, quiet=False)

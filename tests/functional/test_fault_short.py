@@ -33,7 +33,9 @@ def test_sighup_under_load_fails_no_request(fault_env: FaultEnv) -> None:
     assert_kept(scenarios.sighup_under_load(fault_env))
 
 
-def test_sigterm_under_load_answers_every_accepted_request_and_exits_0_in_the_window(fault_env: FaultEnv) -> None:
+def test_sigterm_under_load_answers_every_accepted_request_and_exits_0_in_the_window(
+    fault_env: FaultEnv,
+) -> None:
     assert_kept(scenarios.sigterm_under_load(fault_env))
 
 
@@ -47,11 +49,15 @@ def test_redis_killed_under_load_gives_no_5xx(fault_env: FaultEnv) -> None:
     assert_kept(scenarios.redis_killed_under_load(fault_env))
 
 
-def test_killed_worker_is_respawned_without_5xx_and_metrics_still_sum_it(fault_env: FaultEnv) -> None:
+def test_killed_worker_is_respawned_without_5xx_and_metrics_still_sum_it(
+    fault_env: FaultEnv,
+) -> None:
     assert_kept(scenarios.worker_killed_under_load(fault_env))
 
 
-def test_100_concurrent_orders_for_stock_20_sell_exactly_20(fault_env: FaultEnv) -> None:
+def test_100_concurrent_orders_for_stock_20_sell_exactly_20(
+    fault_env: FaultEnv,
+) -> None:
     assert_kept(scenarios.concurrent_orders_never_oversell(fault_env))
 
 

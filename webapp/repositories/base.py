@@ -7,7 +7,7 @@ from typing import Any, LiteralString
 
 import psycopg
 
-from webapp.db import translated_errors
+from webapp.db import domain_error
 
 ConnectionSource = Callable[[], psycopg.Connection[Any]]
 
@@ -19,15 +19,24 @@ class Repository:
         # A callable, not a connection: the request's transaction begins on first use.
         self._connection = connection
 
+    def _run(self, query: LiteralString, params: Sequence[Any]) -> psycopg.Cursor[Any]:
+        # A plain try/except, not a contextmanager: this runs for every query of every request.
+        try:
+            return self._connection().execute(query, params)
+        except psycopg.Error as exc:
+            translated = domain_error(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+
     def _one(self, query: LiteralString, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        with translated_errors():
-            return self._connection().execute(query, params).fetchone()
+        """The first row of the result, or None."""
+        return self._run(query, params).fetchone()
 
     def _execute(self, query: LiteralString, params: Sequence[Any] = ()) -> int:
         """Run a statement that returns no rows; return the number of rows it touched."""
-        with translated_errors():
-            return self._connection().execute(query, params).rowcount
+        return self._run(query, params).rowcount
 
     def _all(self, query: LiteralString, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with translated_errors():
-            return self._connection().execute(query, params).fetchall()
+        """Every row of the result."""
+        return self._run(query, params).fetchall()

@@ -1,0 +1,265 @@
+"""webapp.lifecycle and gunicorn.conf.py without gunicorn: the hooks' effects, called directly."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import logging.config
+import os
+import runpy
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from gunicorn.config import Config as GunicornConfig
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from webapp import lifecycle
+from webapp.observability import HANDLER_NAME, configure_logging, gunicorn_logconfig, json_formatter
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
+
+
+# --- the metrics folder -------------------------------------------------------------------------
+
+
+def write_worker_metrics(metrics_dir: Path) -> int:
+    """Run a 'worker' process that counts a request and sets the pool gauges; return its pid."""
+    code = (
+        "import os\n"
+        "from webapp.observability import Metrics\n"
+        f"m = Metrics({str(metrics_dir)!r})\n"
+        "m.observe_request('GET', '/livez', 200, 0.01)\n"
+        "m.sample_pool({'size': 2, 'available': 2, 'waiting': 0})\n"
+        "print(os.getpid())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def scrape(metrics_dir: Path) -> str:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics_dir))
+    return generate_latest(registry).decode()
+
+
+def test_wipe_metrics_dir_leaves_an_empty_folder(tmp_path: Path):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    write_worker_metrics(metrics_dir)
+    assert scrape(metrics_dir).count("http_requests_total{") == 1
+
+    lifecycle.wipe_metrics_dir(str(metrics_dir))
+    assert metrics_dir.is_dir() and not list(metrics_dir.iterdir())
+    lifecycle.wipe_metrics_dir(None)  # single-process mode: nothing to do
+
+
+def test_child_exit_drops_a_dead_workers_live_gauges_but_keeps_its_counts(tmp_path: Path, monkeypatch):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    pid = write_worker_metrics(metrics_dir)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    assert 'db_pool_connections{state="size"} 2.0' in scrape(metrics_dir)
+
+    lifecycle.child_exit(server=None, worker=SimpleNamespace(pid=pid))
+
+    text = scrape(metrics_dir)
+    assert 'db_pool_connections{state="size"}' not in text  # a dead worker holds no connections
+    assert 'http_requests_total{method="GET",path="/livez",status="200"} 1.0' in text  # what it served, stays
+
+
+# --- master hooks --------------------------------------------------------------------------------
+
+
+class FakeArbiter:
+    """The parts of gunicorn's Arbiter the stop hooks touch."""
+
+    def __init__(self, listeners: list[Any] | None = None, **state: Any):
+        self.LISTENERS = listeners or []
+        self.reexec_pid = state.get("reexec_pid", 0)
+        self.master_pid = state.get("master_pid", 0)
+        self.systemd = state.get("systemd", False)
+        self.cfg = SimpleNamespace(reuse_port=state.get("reuse_port", False))
+        self.killed: list[int] = []
+
+    def kill_workers(self, sig: int) -> None:
+        self.killed.append(sig)
+
+    def handle_term(self) -> None:
+        raise AssertionError("gunicorn's own handler must have been replaced")
+
+    handle_int = handle_term
+
+
+class FakeListener:
+    family = lifecycle.socket.AF_INET
+
+    def __init__(self) -> None:
+        self.options: list[tuple[int, int, bytes]] = []
+
+    def setsockopt(self, level: int, option: int, value: bytes) -> None:
+        self.options.append((level, option, value))
+
+
+def test_on_starting_wipes_the_metrics_dir_and_makes_sigint_as_graceful_as_sigterm(tmp_path: Path, monkeypatch):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_1.db").write_bytes(b"stale")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    arbiter = FakeArbiter()
+
+    lifecycle.on_starting(arbiter, drain_seconds=0)
+
+    assert not list(metrics_dir.iterdir())
+    for handler in (arbiter.handle_term, arbiter.handle_int):
+        with pytest.raises(StopIteration):  # gunicorn's signal loop then runs its graceful halt()
+            handler()
+    assert arbiter.killed == []  # no drain: gunicorn's own stop sends the SIGTERM
+
+
+def test_a_stop_with_a_drain_signals_the_workers_first_then_refuses_new_connections():
+    listener = FakeListener()
+    arbiter = FakeArbiter([listener])
+    with pytest.raises(StopIteration):
+        lifecycle.stop_gracefully(arbiter, drain_seconds=0.01)
+    assert arbiter.killed == [signal.SIGTERM]
+    assert [(level, option) for level, option, _ in listener.options] == [(lifecycle.socket.SOL_SOCKET, 26)]
+
+
+@pytest.mark.parametrize("state", [{"reexec_pid": 42}, {"master_pid": 42}, {"systemd": True}, {"reuse_port": True}])
+def test_a_socket_someone_else_serves_after_us_is_never_filtered(state: dict[str, Any]):
+    listener = FakeListener()
+    with pytest.raises(StopIteration):
+        lifecycle.stop_gracefully(FakeArbiter([listener], **state), drain_seconds=0)
+    assert listener.options == []  # a USR2 successor, systemd or a reuse_port sibling keeps accepting
+
+
+@pytest.mark.parametrize("timeout, graceful, drain, problem", [
+    (15, 20, 1, None),
+    (30, 28, 0, "must not exceed"),
+    (15, 25, 5, "stop window"),
+    (15, 20, -1, "between 0 and 10"),
+    (0, 20, 1, "at least 1"),
+])
+def test_the_stop_window_is_checked_at_startup(timeout: int, graceful: int, drain: float, problem: str | None):
+    if problem is None:
+        lifecycle.check_stop_window(timeout=timeout, graceful_timeout=graceful, drain_seconds=drain)
+        return
+    with pytest.raises(ValueError, match=problem):
+        lifecycle.check_stop_window(timeout=timeout, graceful_timeout=graceful, drain_seconds=drain)
+
+
+# --- worker hooks --------------------------------------------------------------------------------
+
+
+class Closable:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.closed = True
+
+
+def test_worker_exit_closes_the_pool_and_the_probe_threads():
+    database, health = Closable(), Closable()
+    app = SimpleNamespace(extensions={"webapp": {"database": database, "health": health}})
+    lifecycle.worker_exit(server=None, worker=SimpleNamespace(wsgi=app, pid=123))
+    assert database.closed and health.closed
+
+
+def test_worker_exit_in_a_worker_that_never_built_its_app_does_nothing():
+    lifecycle.worker_exit(server=None, worker=SimpleNamespace(pid=123))  # boot failed before load_wsgi
+
+
+def test_post_fork_hands_the_drain_delay_to_the_worker():
+    worker = SimpleNamespace()
+    lifecycle.post_fork(worker, drain_seconds=2.5)
+    assert worker.drain_seconds == 2.5
+
+
+def test_worker_abort_outside_a_request_only_logs(caplog):
+    worker = SimpleNamespace(pid=7, current_client=None, cfg=SimpleNamespace(is_ssl=False))
+    with caplog.at_level(logging.ERROR, logger="webapp.lifecycle"):
+        lifecycle.worker_abort(worker)
+    assert [r.getMessage() for r in caplog.records] == ["worker timeout outside a request"]
+
+
+# --- logging ---------------------------------------------------------------------------------------
+
+
+def test_gunicorn_builds_no_access_line_even_when_access_logging_looks_enabled():
+    config = GunicornConfig()
+    config.set("accesslog", "-")  # as logconfig_dict does, this makes gunicorn's access() do its work
+    access_logger = logging.getLogger("gunicorn.access")
+    saved = access_logger.handlers[:]
+    try:
+        logger = lifecycle.GunicornLogger(config)
+        # The stock logger would now format an access line and fail on these Nones.
+        logger.access(resp=None, req=None, environ=None, request_time=None)
+    finally:
+        access_logger.handlers[:] = saved
+
+
+def test_a_worker_replaces_the_masters_json_handler_instead_of_printing_twice():
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        logging.config.dictConfig(gunicorn_logconfig("info"))  # the master, from gunicorn.conf.py
+        configure_logging("info", io.StringIO())  # create_app, in the worker
+        assert [h.get_name() for h in root.handlers].count(HANDLER_NAME) == 1
+        assert logging.getLogger("gunicorn.error").handlers == []  # it propagates to that one handler
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+
+def test_a_log_line_is_one_json_object_with_time_level_logger_pid_and_message():
+    record = logging.LogRecord("webapp.x", logging.INFO, __file__, 1, "hello %s", ("world",), None)
+    record.request_id = "abc"
+    line = json_formatter().format(record)
+    assert "\n" not in line
+    fields = json.loads(line)
+    assert fields["time"].endswith("Z") and fields["level"] == "INFO" and fields["logger"] == "webapp.x"
+    assert (fields["pid"], fields["message"], fields["request_id"]) == (os.getpid(), "hello world", "abc")
+
+
+# --- gunicorn.conf.py ------------------------------------------------------------------------------
+
+
+def load_conf(monkeypatch, tmp_path: Path, **env: str) -> dict[str, Any]:
+    """gunicorn.conf.py's settings as gunicorn sees them, under the given environment."""
+    for name in ("PORT", "BIND_HOST", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT", "SHUTDOWN_DRAIN_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    # Set, so the file's setdefault leaves this test process's metrics mode alone.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(PROJECT_DIR / "gunicorn.conf.py"))
+
+
+def test_gunicorn_conf_reads_port_and_concurrency_from_the_environment(monkeypatch, tmp_path: Path):
+    conf = load_conf(monkeypatch, tmp_path, PORT="5123", WEB_CONCURRENCY="3")
+    assert conf["bind"] == ["0.0.0.0:5123"]
+    assert conf["workers"] == 3
+    assert conf["preload_app"] is False
+    assert conf["control_socket_disable"] is True
+    assert conf["worker_class"] == "webapp.lifecycle.DrainingSyncWorker"
+    assert 0 < conf["backlog"] <= 4096
+    assert conf["timeout"] <= conf["graceful_timeout"]
+
+
+def test_gunicorn_conf_defaults_to_all_interfaces_on_port_8000(monkeypatch, tmp_path: Path):
+    assert load_conf(monkeypatch, tmp_path)["bind"] == ["0.0.0.0:8000"]
+    assert load_conf(monkeypatch, tmp_path, BIND_HOST="127.0.0.1")["bind"] == ["127.0.0.1:8000"]
+
+
+def test_gunicorn_conf_refuses_a_stop_that_overruns_the_platforms_window(monkeypatch, tmp_path: Path):
+    with pytest.raises(ValueError, match="stop window"):
+        load_conf(monkeypatch, tmp_path, GUNICORN_GRACEFUL_TIMEOUT="28", SHUTDOWN_DRAIN_SECONDS="5")
