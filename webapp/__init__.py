@@ -77,7 +77,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.url_map.converters["id"] = IdConverter
     http.install(app, request_timeout=config.request_timeout, max_body_bytes=config.max_body_bytes, metrics=metrics)
     transaction.install(app)
-    app.before_request(lambda: metrics.sample_pool(database.stats()))
+    app.before_request(lambda: metrics.sample_pool(database.stats))
 
     # 6. Blueprints, each handed its service.
     app.register_blueprint(health_blueprint(health))

@@ -3,7 +3,7 @@
 A stop (SIGTERM or SIGINT to the master; docs/operations.md has the measurements):
   1. master: SIGTERM to the workers, which answer /readyz with 503 at once and keep serving for
      SHUTDOWN_DRAIN_SECONDS, so a load balancer still routing here has time to notice;
-  2. master: the kernel stops completing new connections on the listening socket;
+  2. master: the kernel stops starting new connections on the listening socket;
   3. master: gunicorn's own graceful stop (close its copy of the socket, wait graceful_timeout);
   4. each worker: finishes its request, answers every connection already waiting in the listen
      backlog, closes its pool, exits 0.
@@ -292,10 +292,15 @@ class DrainingSyncWorker(SyncWorker):
         super().handle_abort(sig, frame)
 
     def run(self) -> None:
-        super().run()  # returns once alive is False: a stop, max_requests, or the master gone
-        if self.stopping:
-            served = self.serve_backlog()
-            log.info("worker drained the backlog", extra={"worker_pid": self.pid, "served": served})
+        try:
+            super().run()  # returns once alive is False: a stop, max_requests, or the master gone
+            if self.stopping:
+                served = self.serve_backlog()
+                log.info("worker drained the backlog", extra={"worker_pid": self.pid, "served": served})
+        finally:
+            # Also on a quick stop (SIGQUIT mid-drain): a drain timer still armed when Python
+            # resets its signal handlers at exit would kill the process with SIGALRM.
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
     def serve_backlog(self) -> int:
         """Answer connections already queued in the listen backlog until none is left; return how many."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 def create_user(client, name="Ann", email="ann@example.org"):
     response = client.post("/users", json={"name": name, "email": email})
@@ -94,4 +96,6 @@ def test_every_response_carries_a_request_id_and_a_sane_client_id_is_kept(client
     assert response.headers["X-Request-ID"] == "trace-abc.123"
     response = client.get("/livez", headers={"X-Request-ID": "bad id with spaces"})
     assert response.headers["X-Request-ID"] != "bad id with spaces"
-    assert len(response.headers["X-Request-ID"]) == 32
+    generated = response.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{22}", generated)
+    assert client.get("/livez").headers["X-Request-ID"] != generated  # unique per request

@@ -22,7 +22,7 @@ from tests.gunicorn_server import fresh_database, request, run_gunicorn
 from webapp import create_app
 from webapp.observability import HANDLER_NAME, configure_logging
 
-GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
+GENERATED_ID = re.compile(r"^[0-9a-f]{22}$")  # random per-process prefix + counter (http.request_id_factory)
 REQUEST_FIELDS = {"method", "path", "raw_path", "status", "duration_ms", "request_id", "remote_addr"}
 
 
