@@ -48,6 +48,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         max_size=config.db_pool_max,
         timeout=config.db_pool_timeout,
         max_waiting=config.db_pool_max_waiting,
+        statement_timeout=config.request_timeout,
     )
     database.open()
     cache: UserCache = overrides.get("cache") or _user_cache(config, metrics)

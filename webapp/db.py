@@ -17,15 +17,9 @@ from webapp.resilience import Deadline, RetryError, retry_with_backoff
 
 log = logging.getLogger(__name__)
 
-
-def _begin_statement(budget_ms: int) -> LiteralString:
-    """BEGIN and the deadline in ONE round trip (simple query protocol, two statements).
-
-    Trap: `SET LOCAL statement_timeout = %s` with a parameter is a syntax error in psycopg 3
-    (server-side binding cannot bind SET). The value is an int we computed ourselves, never
-    user input, so formatting it in is safe; sql.Literal would do the same at ~10 us more a request.
-    """
-    return cast(LiteralString, f"BEGIN; SET LOCAL statement_timeout = {int(budget_ms)}")
+# A request whose remaining budget is within this of the connection's default statement_timeout
+# keeps the default: one statement fewer for Postgres to parse on nearly every request.
+DEFAULT_TIMEOUT_SLACK_MS = 100
 
 
 class CommitFailed(Exception):
@@ -44,8 +38,11 @@ class Database:
         timeout: float = 2.0,
         max_waiting: int = 32,
         name: str = "webapp",
+        statement_timeout: float | None = None,
     ):
         self.checkout_timeout = timeout
+        self._default_timeout_ms = int(statement_timeout * 1000) if statement_timeout else None
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 5, "application_name": name}
         # open=False: nothing connects when the app is built. Gunicorn forks workers *after*
         # loading the config; a pool opened in the master would hand dead sockets to workers.
         self.pool = psycopg_pool.ConnectionPool(
@@ -56,9 +53,19 @@ class Database:
             max_waiting=max_waiting,  # bounded queue: the N+1th waiter fails at once (TooManyRequests)
             open=False,
             name=name,
-            # autocommit: we send BEGIN ourselves, together with the statement_timeout (see _BEGIN).
-            kwargs={"autocommit": True, "connect_timeout": 5, "application_name": name},
+            # autocommit: we send BEGIN ourselves, with the deadline when it is short (_begin_statement).
+            kwargs=kwargs,
+            configure=self._configure,
         )
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Run once per new connection: its statement_timeout defaults to the full request budget.
+
+        A SET here rather than `options=-c ...` in the connection kwargs, which would silently
+        replace any `options` the DATABASE_URL itself carries.
+        """
+        if self._default_timeout_ms:
+            conn.execute(cast(LiteralString, f"SET statement_timeout = {self._default_timeout_ms}"))
 
     def open(self) -> None:
         """Start the pool's background connections without waiting for them (a worker boots while Postgres is down)."""
@@ -104,7 +111,7 @@ class Database:
             try:
                 budget_ms = max(1, int(deadline.remaining() * 1000))
                 # prepare=False: a statement whose text changes every time is not worth preparing.
-                conn.execute(_begin_statement(budget_ms), prepare=False)
+                conn.execute(self._begin_statement(budget_ms), prepare=False)
             except BaseException:
                 self.pool.putconn(conn)  # a broken connection is discarded by the pool
                 raise
@@ -128,6 +135,19 @@ class Database:
             raise Unavailable("no database connection free; try again shortly") from exc
         except psycopg.OperationalError as exc:
             raise Unavailable("database connection failed") from exc
+
+    def _begin_statement(self, budget_ms: int) -> LiteralString:
+        """BEGIN, plus the deadline as statement_timeout when it is shorter than the connection's default.
+
+        Both statements travel in ONE round trip (simple query protocol). Trap: `SET LOCAL
+        statement_timeout = %s` with a parameter is a syntax error in psycopg 3 (server-side
+        binding cannot bind SET). The value is an int we computed, never user input, so it is
+        formatted in; sql.Literal would do the same at ~10 us more a request.
+        """
+        default = self._default_timeout_ms
+        if default is not None and budget_ms >= default - DEFAULT_TIMEOUT_SLACK_MS:
+            return "BEGIN"
+        return cast(LiteralString, f"BEGIN; SET LOCAL statement_timeout = {int(budget_ms)}")
 
     def end(self, conn: psycopg.Connection[Any], *, commit: bool) -> None:
         """Commit (raising CommitFailed if it did not happen) or roll back, then return conn to the pool."""

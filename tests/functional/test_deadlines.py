@@ -128,12 +128,12 @@ def test_a_budget_header_can_only_shorten_the_deadline_never_lengthen_or_break_i
 
     @app.get("/test-only/timeout")
     def timeout() -> dict[str, Any]:
-        row = connection().execute("SELECT current_setting('statement_timeout')").fetchone()
+        row = connection().execute("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'").fetchone()
         return {"statement_timeout": row[0] if row else None}
 
     response = app.test_client().get("/test-only/timeout", headers={"X-Request-Timeout": header})
     assert response.status_code == 200
-    assert 9000 < int(response.json["statement_timeout"].removesuffix("ms")) <= 10_000  # REQUEST_TIMEOUT=10
+    assert 9000 < int(response.json["statement_timeout"]) <= 10_000  # REQUEST_TIMEOUT=10, in ms
 
 
 def test_a_saturated_pool_answers_503_with_retry_after_quickly_and_recovers_fully(

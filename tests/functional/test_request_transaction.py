@@ -67,13 +67,14 @@ def test_the_request_deadline_is_the_transactions_statement_timeout(app: Flask, 
 
     @app.get("/test-only/timeout")
     def timeout():
-        row = connection().execute("SELECT current_setting('statement_timeout')").fetchone()
+        row = connection().execute("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'").fetchone()
         return {"statement_timeout": row[0] if row else None}
 
     default = client.get("/test-only/timeout").json["statement_timeout"]
     shorter = client.get("/test-only/timeout", headers={"X-Request-Timeout": "0.5"}).json["statement_timeout"]
-    assert 9000 < int(default.removesuffix("ms")) <= 10000
-    assert 0 < int(shorter.removesuffix("ms")) <= 500
+    # The full budget is the connection's own default (10 s); a shorter one is set for the transaction.
+    assert 9900 <= int(default) <= 10000
+    assert 0 < int(shorter) <= 500
 
 
 def test_connections_always_return_to_the_pool_idle(client, db):
