@@ -13,14 +13,14 @@ _own_metrics_dir = os.path.join(tempfile.gettempdir(), f"webapp-metrics-{os.getp
 _metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _own_metrics_dir)
 
 # Only now may anything import prometheus_client (webapp does).
-from webapp import lifecycle
-from webapp.observability import gunicorn_logconfig
+from webapp import lifecycle  # noqa: E402
+from webapp.observability import gunicorn_logconfig  # noqa: E402
 
 # All interfaces, as a platform's router needs; BIND_HOST=127.0.0.1 keeps a laptop's server private.
 bind = [f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"]
 # Sync workers wait on Postgres, so more workers than cores; sched_getaffinity sees a container's CPU limit.
 workers = int(os.environ.get("WEB_CONCURRENCY", 2 * len(os.sched_getaffinity(0)) + 1))
-worker_class = "webapp.lifecycle.DrainingSyncWorker"
+worker_class = "webapp.workers.DrainingSyncWorker"
 preload_app = False  # each worker imports and builds its own app (and pool) after fork
 # A request may run `timeout` s (above REQUEST_TIMEOUT, so the app's own 504 comes first); a stop
 # drains, then waits `graceful_timeout` for requests; all of it inside the platform's 30 s.

@@ -3,6 +3,7 @@ the service factory, and the Verdict each scenario returns."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -118,10 +119,8 @@ class OwnPostgres:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
 
     def cleanup(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # not running
             self.stop()
-        except subprocess.CalledProcessError:
-            pass  # not running
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -171,7 +171,8 @@ def check_targets(summary: dict[str, Any]) -> dict[str, bool]:
 
 def print_table(summary: dict[str, Any]) -> None:
     print(
-        f"\n{'scenario':12} {'target':11} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'rps x':>7} {'p99 x':>7}"
+        f"\n{'scenario':12} {'target':11} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>7} {'rps x':>7} {'p99 x':>7}"
     )
     for scenario, rows in summary.items():
         for name, row in rows.items():

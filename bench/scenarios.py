@@ -237,7 +237,9 @@ def redis_killed_under_load(env: FaultEnv) -> Verdict:
         with env.service("redis_killed", REDIS_URL=redis.url) as service:
             service.wait_ready()
             service.wait_workers()
-            hot = lambda _n: ("GET", f"/users/{random.randint(1, 50)}", None)
+            def hot(_n: int) -> tuple[str, str, None]:
+                return ("GET", f"/users/{random.randint(1, 50)}", None)
+
             load = Load(service.port, hot, threads=t.threads, seconds=30).start()
             time.sleep(t.before)
             redis.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -192,10 +193,8 @@ class Gunicorn:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 for pid in [*children(self.proc.pid), self.proc.pid]:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                 self.proc.wait(5)
         if self._metrics_dir is not None:
             self._metrics_dir.cleanup()

@@ -132,7 +132,7 @@ class Database:
         except RetryError as exc:
             raise Unavailable("database connection failed") from exc.last_error
         except (psycopg_pool.PoolTimeout, psycopg_pool.TooManyRequests) as exc:
-            raise Unavailable("no database connection free; try again shortly") from exc
+            raise Unavailable("no database connection available (pool busy or database unreachable)") from exc
         except psycopg.OperationalError as exc:
             raise Unavailable("database connection failed") from exc
 
@@ -168,6 +168,11 @@ def _commit(conn: psycopg.Connection[Any]) -> None:
         raise CommitFailed("transaction was aborted by an earlier error; rolled back")
     try:
         cur = conn.execute("COMMIT", prepare=False)
+    except psycopg.OperationalError as exc:
+        # The connection died under COMMIT (Postgres restarting): a dependency failure, so
+        # 503 + Retry-After. Whether it committed is unknown; an Idempotency-Key makes the
+        # client's retry safe.
+        raise Unavailable("database connection lost during COMMIT; outcome unknown, retry idempotently") from exc
     except psycopg.Error as exc:
         _rollback(conn)
         raise CommitFailed(f"COMMIT failed: {type(exc).__name__}") from exc

@@ -37,8 +37,10 @@ def run_dev(environ: Mapping[str, str], stderr: TextIO) -> int:
         return migrate.returncode
     gunicorn = subprocess.Popen([sys.executable, "-m", "webapp", "serve"], env=env)
 
-    def forward(signum: int, _frame: object) -> None:
-        gunicorn.send_signal(signum)  # gunicorn drains its workers; we wait for it below
+    def forward(_signum: int, _frame: object) -> None:
+        # Always SIGTERM: Ctrl-C already sent gunicorn its own SIGINT (same process group), and
+        # a second SIGINT during a stop means "quick shutdown" to gunicorn.
+        gunicorn.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)

@@ -68,6 +68,11 @@ def error_response(status: int, code: str, message: str, fields: dict[str, str] 
 
 def handle_error(exc: Exception) -> Response:
     """Turn any exception into the JSON error shape; log ours (5xx) with the request id."""
+    original = getattr(exc, "original_exception", None)
+    if isinstance(exc, InternalServerError) and isinstance(original, DomainError | CircuitOpen):
+        # Raised after the view (COMMIT lost its connection): Flask wraps it as a 500, but it
+        # means what it says, e.g. 503 + Retry-After.
+        exc = original
     if isinstance(exc, DomainError | CircuitOpen):
         status = next(s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls))
         if status >= 500:
@@ -82,8 +87,7 @@ def handle_error(exc: Exception) -> Response:
         return response
     # Ours. Flask has already logged an InternalServerError that wraps an exception raised
     # after the view (e.g. a failed COMMIT); anything else is logged here, once.
-    original = getattr(exc, "original_exception", None)
-    if original is None:
+    if getattr(exc, "original_exception", None) is None:
         log.error("unhandled exception", exc_info=exc)
     return error_response(500, "internal_error", "internal error; quote the request id when reporting it")
 

@@ -60,9 +60,25 @@ def json_formatter() -> JsonFormatter:
     return formatter
 
 
+class StdoutHandler(logging.StreamHandler):
+    """A StreamHandler on sys.stdout as it is at each write, not as it was when logging was set up.
+
+    Test runners swap sys.stdout per test and close the old one; a handler holding it would
+    fail on the next line (an atexit hook's, say) with "I/O operation on closed file".
+    """
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _ignored: IO[str]) -> None:
+        pass
+
+
 def json_handler(stream: IO[str] | None = None) -> logging.Handler:
     """A stdout handler that writes one JSON object per line, with request ids and no query strings."""
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler = logging.StreamHandler(stream) if stream is not None else StdoutHandler()
     handler.set_name(HANDLER_NAME)
     handler.setFormatter(json_formatter())
     handler.addFilter(RequestIdFilter())

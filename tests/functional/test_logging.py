@@ -74,7 +74,7 @@ def test_each_request_logs_one_line_with_route_template_and_no_query_string(logg
     assert response.status_code == 404
 
     (line,) = logged.requests()
-    assert REQUEST_FIELDS <= line.keys()
+    assert line.keys() >= REQUEST_FIELDS
     assert line["method"] == "GET"
     assert line["path"] == "/users/<id:user_id>"  # bounded: the same for every user id
     assert line["raw_path"] == "/users/424242"  # never the query string

@@ -93,3 +93,21 @@ def test_health_and_unknown_routes_take_no_connection(app: Flask, client):
     for path in ("/livez", "/nope", "/openapi.json"):
         client.get(path)
     assert pool.get_stats().get("requests_num", 0) == before
+
+
+def test_a_connection_lost_at_commit_is_a_503_with_retry_after_not_a_500(app: Flask, client, db):
+    connection = connection_of(app)
+
+    @app.post("/test-only/lose-connection-at-commit")
+    def lose_connection():
+        conn = connection()
+        conn.execute("INSERT INTO users (name, email) VALUES ('Ghost', 'ghost@example.org')")
+        # As a Postgres restart would: the session dies between the view and its COMMIT.
+        db.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        return {"created": True}, 201
+
+    response = client.post("/test-only/lose-connection-at-commit", json={})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json["error"]["code"] == "service_unavailable"
+    assert db.execute("SELECT count(*) FROM users").fetchone() == (0,)

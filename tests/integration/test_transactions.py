@@ -113,3 +113,11 @@ def test_connections_return_to_the_pool_idle_after_commit_and_rollback(database:
     ).fetchall()
     assert states and all(state == ("idle",) for state in states)
     assert database.stats()["available"] == database.stats()["size"]
+
+
+def test_a_connection_lost_under_commit_is_unavailable_not_a_500(database: Database, db):
+    with pytest.raises(Unavailable), database.transaction(Deadline(5)) as conn:
+        conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
+        # Another session kills ours, as a Postgres restart would, just before COMMIT.
+        db.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+    assert count_users(db) == 0

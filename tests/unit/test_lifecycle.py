@@ -9,6 +9,7 @@ import logging.config
 import os
 import runpy
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -99,7 +100,7 @@ class FakeArbiter:
 
 
 class FakeListener:
-    family = lifecycle.socket.AF_INET
+    family = socket.AF_INET
 
     def __init__(self) -> None:
         self.options: list[tuple[int, int, bytes]] = []
@@ -130,7 +131,7 @@ def test_a_stop_with_a_drain_signals_the_workers_first_then_refuses_new_connecti
     with pytest.raises(StopIteration):
         lifecycle.stop_gracefully(arbiter, drain_seconds=0.01)
     assert arbiter.killed == [signal.SIGTERM]
-    assert [(level, option) for level, option, _ in listener.options] == [(lifecycle.socket.SOL_SOCKET, 26)]
+    assert [(level, option) for level, option, _ in listener.options] == [(socket.SOL_SOCKET, 26)]
 
 
 @pytest.mark.parametrize("state", [{"reexec_pid": 42}, {"master_pid": 42}, {"systemd": True}, {"reuse_port": True}])
@@ -235,7 +236,8 @@ def test_a_log_line_is_one_json_object_with_time_level_logger_pid_and_message():
 
 def load_conf(monkeypatch, tmp_path: Path, **env: str) -> dict[str, Any]:
     """gunicorn.conf.py's settings as gunicorn sees them, under the given environment."""
-    for name in ("PORT", "BIND_HOST", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT", "SHUTDOWN_DRAIN_SECONDS"):
+    settings = ("PORT", "BIND_HOST", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT")
+    for name in (*settings, "SHUTDOWN_DRAIN_SECONDS"):
         monkeypatch.delenv(name, raising=False)
     # Set, so the file's setdefault leaves this test process's metrics mode alone.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
@@ -250,7 +252,7 @@ def test_gunicorn_conf_reads_port_and_concurrency_from_the_environment(monkeypat
     assert conf["workers"] == 3
     assert conf["preload_app"] is False
     assert conf["control_socket_disable"] is True
-    assert conf["worker_class"] == "webapp.lifecycle.DrainingSyncWorker"
+    assert conf["worker_class"] == "webapp.workers.DrainingSyncWorker"
     assert 0 < conf["backlog"] <= 4096
     assert conf["timeout"] <= conf["graceful_timeout"]
 
