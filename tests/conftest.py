@@ -10,11 +10,13 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 import redis
+from flask import Flask
 
 from webapp.config import Config, load_config
 from webapp.migrate import migrate
@@ -42,17 +44,42 @@ def server_url() -> Iterator[str]:
         server.cleanup()  # type: ignore[attr-defined]
 
 
-@pytest.fixture(scope="session")
-def database_url(server_url: str) -> Iterator[str]:
-    """A database of this run's own, migrated; dropped at the end."""
-    name = f"webapp_test_{uuid.uuid4().hex[:10]}"
+@contextmanager
+def scratch_database(server_url: str, prefix: str, *, migrated: bool = True) -> Iterator[str]:
+    """A database of its own on the server (migrated unless told otherwise), dropped at the end."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
     url = _with_database(server_url, name)
-    migrate(url)
-    yield url
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+    try:
+        if migrated:
+            migrate(url)
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A database of this run's own, migrated; dropped at the end."""
+    with scratch_database(server_url, "webapp_test") as url:
+        yield url
+
+
+def close_app(app: Flask) -> None:
+    """Release what create_app started: the pool's connections and the probe threads."""
+    app.extensions["webapp"]["database"].close(timeout=1)
+    app.extensions["webapp"]["health"].close()
+
+
+@pytest.fixture
+def apps() -> Iterator[list[Flask]]:
+    """Apps a test builds itself (append them); each is closed at the end."""
+    built: list[Flask] = []
+    yield built
+    for app in built:
+        close_app(app)
 
 
 @pytest.fixture

@@ -21,17 +21,15 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from webapp.migrate import migrate
+from tests.conftest import scratch_database
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONFIG_FILE = PROJECT_DIR / "gunicorn.conf.py"
@@ -59,16 +57,8 @@ def fresh_database(server_url: str) -> Iterator[str]:
     Its own, so that "the pool is closed" can be checked exactly: pg_stat_activity then shows
     only the gunicorn workers' connections, not those of in-process apps from other tests.
     """
-    name = f"webapp_gunicorn_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    try:
-        migrate(url)
+    with scratch_database(server_url, "webapp_gunicorn") as url:
         yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def app_connections(database_url: str) -> int:

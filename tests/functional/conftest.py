@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import make_config
+from tests.conftest import close_app, make_config
 from webapp import create_app
 
 
@@ -17,8 +17,7 @@ def app(database_url: str, db) -> Iterator[Flask]:  # type: ignore[no-untyped-de
     """The real app on the clean test database, no cache."""
     app = create_app(make_config(database_url))
     yield app
-    app.extensions["webapp"]["database"].close()
-    app.extensions["webapp"]["health"].close()
+    close_app(app)
 
 
 @pytest.fixture

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-
-import psycopg
 import pytest
 
-from tests.conftest import _with_database, make_config
+from tests.conftest import close_app, make_config, scratch_database
 from webapp import create_app
-from webapp.migrate import migrate
 
 
 @pytest.fixture
 def second_database(server_url: str):
-    name = f"webapp_second_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
-    url = _with_database(server_url, name)
-    migrate(url)
-    yield url
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+    with scratch_database(server_url, "webapp_second") as url:
+        yield url
 
 
 def test_two_apps_in_one_process_share_nothing(database_url, second_database, db):
@@ -41,8 +31,7 @@ def test_two_apps_in_one_process_share_nothing(database_url, second_database, db
         assert 'http_requests_total{method="POST",path="/users",status="201"} 1.0' in metrics_a
     finally:
         for app in (first, second):
-            app.extensions["webapp"]["database"].close()
-            app.extensions["webapp"]["health"].close()
+            close_app(app)
 
 
 def test_overrides_replace_a_dependency_through_the_same_parameters(database_url, db):

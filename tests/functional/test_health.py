@@ -32,16 +32,6 @@ def build(database_url: str, **env: str) -> Flask:
     return create_app(make_config(database_url, **env))
 
 
-@pytest.fixture
-def apps() -> Iterator[list[Flask]]:
-    """Apps a test builds itself; their pools and probe threads are closed at the end."""
-    built: list[Flask] = []
-    yield built
-    for app in built:
-        app.extensions["webapp"]["database"].close(timeout=1)
-        app.extensions["webapp"]["health"].close()
-
-
 def checkouts(app: Flask) -> int:
     return int(app.extensions["webapp"]["database"].pool.get_stats().get("requests_num", 0))
 

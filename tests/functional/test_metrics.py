@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,15 +33,6 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def value(text: str, metric: str, **labels: str) -> float | None:
     return samples(text).get((metric, frozenset(labels.items())))
-
-
-@pytest.fixture
-def apps() -> Iterator[list[Flask]]:
-    built: list[Flask] = []
-    yield built
-    for app in built:
-        app.extensions["webapp"]["database"].close(timeout=1)
-        app.extensions["webapp"]["health"].close()
 
 
 def build(apps: list[Flask], database_url: str, **env: str) -> Flask:

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import _with_database
+from tests.conftest import scratch_database
 from webapp.migrate import migrate, migration_files
 
 
 @pytest.fixture
 def empty_database(server_url: str):
-    name = f"webapp_mig_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
-    yield _with_database(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+    with scratch_database(server_url, "webapp_mig", migrated=False) as url:
+        yield url
 
 
 def test_every_sql_file_has_a_header_comment_and_a_unique_number():
