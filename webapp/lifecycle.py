@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import time
 import traceback
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from flask import g, has_request_context, request
 from gunicorn.glogging import Logger
 
+from webapp.config import ConfigError, load_config
 from webapp.http import error_response
 from webapp.observability import log_request
 from webapp.workers import WORKER_LAG_SECONDS, app_parts, refuse_new_connections
@@ -56,9 +58,24 @@ def check_stop_window(*, timeout: int, graceful_timeout: int, drain_seconds: flo
 
 
 def on_starting(server: Any, *, drain_seconds: float) -> None:
-    """Master, before the first fork: an empty metrics folder; SIGTERM and SIGINT both stop gracefully."""
+    """Master, before the first fork: a valid config, an empty metrics folder, graceful SIGTERM and SIGINT."""
+    check_config()
     wipe_metrics_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     install_graceful_stop(server, drain_seconds)
+
+
+def check_config() -> None:
+    """Exit 1 with one readable message when the environment is invalid, before any worker forks.
+
+    Without it every worker fails in create_app with a traceback, gunicorn respawns them, and
+    finally exits 3 ("Worker failed to boot"): the one line that matters is hard to find.
+    """
+    try:
+        load_config(os.environ)
+    except ConfigError as exc:
+        log.error("invalid configuration; not starting", extra={"problems": exc.problems})
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def wipe_metrics_dir(path: str | None) -> None:

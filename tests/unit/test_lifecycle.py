@@ -114,6 +114,7 @@ def test_on_starting_wipes_the_metrics_dir_and_makes_sigint_as_graceful_as_sigte
     metrics_dir.mkdir()
     (metrics_dir / "counter_1.db").write_bytes(b"stale")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db/x")  # the master checks the config first
     arbiter = FakeArbiter()
 
     lifecycle.on_starting(arbiter, drain_seconds=0)
@@ -265,3 +266,20 @@ def test_gunicorn_conf_defaults_to_all_interfaces_on_port_8000(monkeypatch, tmp_
 def test_gunicorn_conf_refuses_a_stop_that_overruns_the_platforms_window(monkeypatch, tmp_path: Path):
     with pytest.raises(ValueError, match="stop window"):
         load_conf(monkeypatch, tmp_path, GUNICORN_GRACEFUL_TIMEOUT="28", SHUTDOWN_DRAIN_SECONDS="5")
+
+
+def test_the_master_refuses_to_start_on_an_invalid_environment_with_one_message(monkeypatch, capsys):
+    monkeypatch.setenv("DATABASE_URL", "mysql://app:hunter2@db/x")
+    monkeypatch.setenv("REQUEST_TIMEOUT", "-3")
+    with pytest.raises(SystemExit) as stopped:
+        lifecycle.check_config()
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert "DATABASE_URL" in err and "REQUEST_TIMEOUT" in err
+    assert "hunter2" not in err and "Traceback" not in err
+
+
+def test_a_valid_environment_passes_the_masters_check(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db/x")
+    monkeypatch.delenv("REQUEST_TIMEOUT", raising=False)
+    lifecycle.check_config()  # returns: no SystemExit
