@@ -66,8 +66,8 @@ class RequestTransaction:
         """Commit before the response leaves (status < 400), roll back otherwise, always release."""
 
         def commit_or_rollback(response: Response) -> Response:
-            # Runs before the body is sent. If COMMIT fails this raises, Flask turns it into
-            # our JSON 500, and the client never sees the 2xx the view had prepared.
+            # Runs before the body is sent. If COMMIT fails this raises, http.handle_error turns
+            # it into our JSON 500 (503 if the connection died), never the 2xx the view prepared.
             self.finish(commit=response.status_code < 400)
             return response
 
