@@ -21,12 +21,11 @@ import time
 import traceback
 from typing import Any
 
-from flask import g, has_request_context, request
+from flask import g, has_request_context
 from gunicorn.glogging import Logger
 
 from webapp.config import ConfigError, load_config
-from webapp.http import error_response
-from webapp.observability import log_request
+from webapp.http import account_request, error_response
 from webapp.workers import WORKER_LAG_SECONDS, app_parts, refuse_new_connections
 
 log = logging.getLogger("webapp.lifecycle")
@@ -179,17 +178,10 @@ def worker_abort(worker: Any) -> None:
         # Between requests, reading a slow client's headers, or writing a response: nothing to answer.
         log.error("worker timeout outside a request", extra={"worker_pid": worker.pid})
         return
-    seconds = time.perf_counter() - g.get("started", time.perf_counter())
-    path = request.url_rule.rule if request.url_rule else "<unmatched>"
     stuck_at = "".join(traceback.format_stack(getattr(worker, "abort_frame", None), limit=12))  # innermost
     log.error("worker timeout", extra={"timeout_s": worker.cfg.timeout, "stack": stuck_at})
-    log_request(logging.getLogger("webapp.http"), {  # the same request line as every other request
-        "method": request.method, "path": path, "raw_path": request.path, "status": 504,
-        "duration_ms": round(seconds * 1000, 2), "request_id": g.get("request_id"), "remote_addr": request.remote_addr,
-    }, quiet=False)
-    metrics = app_parts(worker).get("metrics")
-    if metrics is not None:
-        metrics.observe_request(request.method, path, 504, seconds)
+    # The same request line and metrics as every other request, even for a stuck probe.
+    account_request(504, app_parts(worker).get("metrics"), quiet_probes=False)
     try:
         client.sendall(_timeout_response(worker.cfg.timeout))
         worker.answered_client = client
