@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,6 +102,17 @@ def redis_url() -> str:
             pytest.fail(f"REQUIRE_REDIS=1 but Redis at {url} is unreachable: {exc}")
         pytest.skip(f"no Redis reachable at {url}: {exc}")
     return url
+
+
+def wait_until_the_app_waits_on_a_lock(db: psycopg.Connection, timeout: float = 5.0) -> None:
+    """Block until one of the app's sessions (application_name 'webapp') waits on a row or table lock."""
+    deadline = time.monotonic() + timeout
+    while not db.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE application_name = 'webapp' AND datname = current_database() "
+        "AND wait_event_type = 'Lock'"
+    ).fetchone():
+        assert time.monotonic() < deadline, "the app never blocked on the rival's lock"
+        time.sleep(0.01)
 
 
 def make_config(database_url: str, **env: str) -> Config:

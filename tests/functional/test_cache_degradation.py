@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from flask import Flask
 
-from tests.conftest import make_config
+from tests.conftest import close_app, make_config
 from tests.redis_server import RedisServer
 from webapp import create_app
 
@@ -44,8 +44,7 @@ def app(database_url: str, db, redis_server: RedisServer) -> Iterator[Flask]:
     """The real app with the cache on the test's Redis; a short cool-off so recovery is quick to see."""
     app = cached_app(database_url, redis_server, reset_after=0.5)
     yield app
-    app.extensions["webapp"]["database"].close()
-    app.extensions["webapp"]["health"].close()
+    close_app(app)
 
 
 def breaker_gauge(app: Flask) -> float | None:
@@ -194,8 +193,7 @@ def test_a_hanging_redis_adds_bounded_latency_and_none_once_the_breaker_is_open(
         results = [timed_get(client, f"/users/{user_ids[i % 3]}") for i in range(40)]
         assert breaker_gauge(app) == 2
     finally:
-        app.extensions["webapp"]["database"].close()
-        app.extensions["webapp"]["health"].close()
+        close_app(app)
     assert {status for status, _ in results} == {200}
     # Until the breaker opens a request waits at most a socket timeout per Redis call (get + put).
     assert all(seconds < 2 * SOCKET_TIMEOUT + 0.25 for _, seconds in results), results

@@ -61,5 +61,4 @@ def test_building_the_app_does_not_wait_for_an_unreachable_database():
         assert app.test_client().get("/livez").status_code == 200
         assert app.test_client().get("/users/1").status_code == 503
     finally:
-        app.extensions["webapp"]["database"].close(timeout=1)
-        app.extensions["webapp"]["health"].close()
+        close_app(app)

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from flask import Flask
 
-from tests.conftest import make_config
+from tests.conftest import close_app, make_config
 from webapp import create_app
 from webapp.db import translated_errors
 
@@ -37,8 +37,7 @@ def app(database_url: str, db) -> Iterator[Flask]:
         )
     )
     yield app
-    app.extensions["webapp"]["database"].close()
-    app.extensions["webapp"]["health"].close()
+    close_app(app)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ import psycopg
 import pytest
 from flask import Flask
 
-from tests.conftest import make_config
+from tests.conftest import close_app, make_config, wait_until_the_app_waits_on_a_lock
 from webapp import create_app
 from webapp.repositories import IdempotencyRepository
 
@@ -26,8 +25,7 @@ def app(database_url: str, db) -> Iterator[Flask]:
     """The real app; its queue for connections is long enough that 50 concurrent requests all get one."""
     app = create_app(make_config(database_url, DB_POOL_MAX="10", DB_POOL_MAX_WAITING="100", DB_POOL_TIMEOUT="10"))
     yield app
-    app.extensions["webapp"]["database"].close()
-    app.extensions["webapp"]["health"].close()
+    close_app(app)
 
 
 @pytest.fixture
@@ -153,13 +151,7 @@ def test_while_the_first_request_is_in_flight_the_others_get_409_then_replays(ap
         held: list[Any] = []
         first = threading.Thread(target=lambda: held.append(place(app, shop["body"])))
         first.start()
-        deadline = time.monotonic() + 5
-        while not rival.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'webapp' AND wait_event_type = 'Lock' "
-            "AND datname = current_database()"
-        ).fetchone():
-            assert time.monotonic() < deadline, "the first request never reached the locked product"
-            time.sleep(0.01)
+        wait_until_the_app_waits_on_a_lock(rival)  # the first request reached the locked product
         others = fire(app, shop["body"], 49)
         rival.rollback()
         first.join(timeout=10)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from flask import Flask
 
-from tests.conftest import make_config
+from tests.conftest import close_app, make_config
 from tests.gunicorn_server import fresh_database, request, run_gunicorn
 from webapp import create_app
 from webapp.observability import HANDLER_NAME, configure_logging
@@ -58,8 +58,7 @@ def logged_app(database_url: str, db) -> Iterator[Callable[..., LoggedApp]]:
     for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
         root.removeHandler(handler)  # it writes to the test's buffer; the next create_app adds its own
     for app in built:
-        app.extensions["webapp"]["database"].close(timeout=1)
-        app.extensions["webapp"]["health"].close()
+        close_app(app)
 
 
 def boom_route(app: Flask) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import make_config
+from tests.conftest import close_app, make_config
 from webapp import create_app
 from webapp.config import load_config
 from webapp.devserver import start_embedded_postgres
@@ -27,8 +27,7 @@ def test_embedded_postgres_starts_migrates_and_serves_the_app(tmp_path: Path):
             assert created.status_code == 201
             assert client.get(f"/users/{created.json['id']}").json["email"] == "ann@example.org"
         finally:
-            app.extensions["webapp"]["database"].close()
-            app.extensions["webapp"]["health"].close()
+            close_app(app)
         with psycopg.connect(url) as conn:
             version = conn.execute("SHOW server_version_num").fetchone()
         assert version is not None and int(version[0]) >= 150000

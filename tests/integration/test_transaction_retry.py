@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from flask import Flask
 
-from tests.conftest import make_config
+from tests.conftest import close_app, make_config, wait_until_the_app_waits_on_a_lock
 from webapp import create_app
 
 RETRY_LOG = "retrying the whole transaction"
@@ -73,23 +73,8 @@ def post_in_background(
     return thread, outcome
 
 
-def wait_until_the_app_waits_on_a_lock(db, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not db.execute(
-        "SELECT 1 FROM pg_stat_activity WHERE application_name = 'webapp' AND datname = current_database() "
-        "AND wait_event_type = 'Lock'"
-    ).fetchone():
-        assert time.monotonic() < deadline, "the app never blocked on the rival's lock"
-        time.sleep(0.01)
-
-
 def stock(db, product_id: int) -> int:
     return db.execute("SELECT stock FROM products WHERE id = %s", (product_id,)).fetchone()[0]
-
-
-def close(app: Flask) -> None:
-    app.extensions["webapp"]["database"].close()
-    app.extensions["webapp"]["health"].close()
 
 
 def test_a_serialization_failure_is_retried_as_a_whole_transaction_and_the_order_happens_once(
@@ -107,7 +92,7 @@ def test_a_serialization_failure_is_retried_as_a_whole_transaction_and_the_order
         rival.commit()  # the row it waits for changes under its snapshot: 40001
         order.join(timeout=10)
     finally:
-        close(app)
+        close_app(app)
     assert outcome["status"] == 201, outcome
     assert len(retries()) == 1 and "40001" in retries()[0].getMessage()
     assert db.execute("SELECT count(*) FROM orders").fetchone() == (1,)
@@ -135,7 +120,7 @@ def test_a_deadlock_is_retried_as_a_whole_transaction_and_the_order_happens_once
         rival.commit()
         order.join(timeout=10)
     finally:
-        close(app)
+        close_app(app)
     assert outcome["status"] == 201, outcome
     assert len(retries()) == 1 and "40P01" in retries()[0].getMessage()
     assert db.execute("SELECT count(*) FROM orders").fetchone() == (1,)
@@ -151,7 +136,7 @@ def test_a_client_error_is_never_retried(database_url: str, db, shop, retries):
         )
         unknown = client.post("/orders", json={"user_id": 999, "items": [{"product_id": shop["p1"], "quantity": 1}]})
     finally:
-        close(app)
+        close_app(app)
     assert (too_many.status_code, unknown.status_code) == (409, 422)
     assert retries() == []
     assert db.execute("SELECT count(*) FROM orders").fetchone() == (0,)
@@ -178,7 +163,7 @@ def test_a_retried_transaction_still_ends_within_the_clients_budget(database_url
         order.join(timeout=10)
         rival.rollback()
     finally:
-        close(app)
+        close_app(app)
     assert len(retries()) == 1
     assert outcome["status"] == 504 and outcome["body"]["error"]["code"] == "deadline_exceeded", outcome
     assert outcome["seconds"] < 0.6 + 0.3
