@@ -18,7 +18,7 @@ from webapp.cache import RedisUserCache, redis_client
 from webapp.config import Config, load_config
 from webapp.converters import IdConverter
 from webapp.db import Database
-from webapp.observability import Metrics, configure_logging
+from webapp.observability import Metrics, RequestLog, configure_logging
 from webapp.repositories import IdempotencyRepository, OrderRepository, ProductRepository, UserRepository
 from webapp.resilience import CircuitBreaker
 from webapp.services import OrderService, ProductService, UserService
@@ -40,6 +40,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     config = config or load_config()
     configure_logging(config.log_level)
     metrics: Metrics = overrides.get("metrics") or Metrics(config.metrics_multiproc_dir)
+    request_log = RequestLog(logging.getLogger("webapp.http"))
 
     # 2. Infrastructure: the Postgres pool and the optional Redis cache behind its breaker.
     database: Database = overrides.get("database") or Database(
@@ -51,6 +52,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         statement_timeout=config.request_timeout,
     )
     database.open()
+    metrics.watch_pool(database.stats)
     cache: UserCache = overrides.get("cache") or _user_cache(config, metrics)
 
     # 3. Repositories, all on the request's lazily-begun transaction.
@@ -74,11 +76,13 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     )
 
     # 5. The Flask app: HTTP edge first, then the transaction (its hook must run first; see http.py).
-    app = Flask("webapp")
+    app = http.SyncFlask("webapp")
     app.url_map.converters["id"] = IdConverter
-    http.install(app, request_timeout=config.request_timeout, max_body_bytes=config.max_body_bytes, metrics=metrics)
+    http.install(
+        app, request_timeout=config.request_timeout, max_body_bytes=config.max_body_bytes,
+        metrics=metrics, request_log=request_log,
+    )
     transaction.install(app)
-    app.before_request(lambda: metrics.sample_pool(database.stats))
 
     # 6. Blueprints, each handed its service.
     app.register_blueprint(health_blueprint(health))
@@ -88,9 +92,12 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(products_blueprint(product_service))
     app.register_blueprint(orders_blueprint(order_service))
 
+    app.assert_sync_only()
+
     # Kept for gunicorn's hooks and for tests; the app itself reaches them only through the above.
     app.extensions["webapp"] = {
         "config": config, "database": database, "transaction": transaction, "health": health, "metrics": metrics,
+        "request_log": request_log,
     }
     logging.getLogger(__name__).info("app created", extra={"cache": config.redis_url is not None})
     return app

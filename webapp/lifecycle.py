@@ -181,7 +181,8 @@ def worker_abort(worker: Any) -> None:
     stuck_at = "".join(traceback.format_stack(getattr(worker, "abort_frame", None), limit=12))  # innermost
     log.error("worker timeout", extra={"timeout_s": worker.cfg.timeout, "stack": stuck_at})
     # The same request line and metrics as every other request, even for a stuck probe.
-    account_request(504, app_parts(worker).get("metrics"), quiet_probes=False)
+    parts = app_parts(worker)
+    account_request(504, parts.get("metrics"), parts.get("request_log"), quiet_probes=False)
     try:
         client.sendall(_timeout_response(worker.cfg.timeout))
         worker.answered_client = client

@@ -31,20 +31,22 @@ class RequestTransaction:
 
     def connection(self) -> psycopg.Connection[Any]:
         """Return this request's connection, beginning the transaction on first call."""
-        conn = g.get(_KEY)
+        state = g._get_current_object()  # one proxy lookup: runs per query
+        conn = state.get(_KEY)
         if conn is None:
-            deadline = g.get("deadline") or Deadline(self.default_timeout)
+            deadline = state.get("deadline") or Deadline(self.default_timeout)
             conn = self.database.begin(deadline)
-            setattr(g, _KEY, conn)
+            setattr(state, _KEY, conn)
         return conn
 
     def finish(self, *, commit: bool) -> None:
         """Commit or roll back and give the connection back; a no-op when none was taken."""
-        conn = g.pop(_KEY, None)  # popped first: a failing commit must not be finished twice
-        callbacks = g.pop(_AFTER_COMMIT, [])  # dropped on rollback and on restart()
+        state = g._get_current_object()  # runs twice a request: one lookup
+        conn = state.pop(_KEY, None)  # popped first: a failing commit must not be finished twice
+        callbacks = state.pop(_AFTER_COMMIT, None)  # dropped on rollback and on restart()
         if conn is not None:
             self.database.end(conn, commit=commit)  # raises if COMMIT failed: callbacks never run
-        if commit:
+        if commit and callbacks:
             for callback in callbacks:
                 try:
                     callback()

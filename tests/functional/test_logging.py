@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -81,6 +82,19 @@ def test_each_request_logs_one_line_with_route_template_and_no_query_string(logg
     assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
     assert line["level"] == "INFO" and line["logger"] == "webapp.http"
     assert {"time", "pid"} <= line.keys()
+
+
+def test_the_fast_request_line_has_every_lines_header_fields_and_escapes_any_path(logged_app):
+    logged = logged_app()
+    assert logged.client.get('/users/"quoted"\\back%09slash-é-☃').status_code == 404
+
+    (line,) = logged.requests()  # the line parsed as JSON: quotes, backslashes and the tab were escaped
+    assert line["raw_path"] == '/users/"quoted"\\back\tslash-é-☃'
+    assert (line["level"], line["logger"], line["pid"]) == ("INFO", "webapp.http", os.getpid())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]), line["time"]
+    logging.getLogger("webapp").warning("an ordinary line")  # through logging proper
+    app_line = next(entry for entry in logged.lines() if entry["message"] == "an ordinary line")
+    assert list(line)[:5] == list(app_line)[:5] == ["time", "level", "logger", "pid", "message"]
 
 
 def test_an_unknown_path_is_logged_under_one_shared_label(logged_app):

@@ -17,6 +17,9 @@ from webapp.resilience import Deadline
 def database(database_url: str, db):
     database = Database(database_url, min_size=1, max_size=2, timeout=2)
     database.open()
+    # Until its first connection is up, a checkout makes the pool grow a second one in the
+    # background, and a test counting idle connections would race it.
+    database.pool.wait(timeout=5)
     yield database
     database.close()
 
@@ -121,3 +124,18 @@ def test_a_connection_lost_under_commit_is_unavailable_not_a_500(database: Datab
         # Another session kills ours, as a Postgres restart would, just before COMMIT.
         db.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
     assert count_users(db) == 0
+
+
+
+def test_a_pooled_connection_that_died_is_replaced_before_the_transaction_starts(database: Database, db):
+    dead = database.begin(Deadline(5))
+    dead_pid = dead.info.backend_pid
+    database.end(dead, commit=True)
+    # As a Postgres restart would: the pool still holds the connection, its server is gone.
+    db.execute("SELECT pg_terminate_backend(%s)", (dead_pid,))
+    conn = database.begin(Deadline(5))
+    try:
+        assert conn.info.backend_pid != dead_pid
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    finally:
+        database.end(conn, commit=True)

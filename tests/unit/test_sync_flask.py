@@ -1,0 +1,44 @@
+"""SyncFlask: hooks and views are called as they are, and an async one is refused when the app is built."""
+
+from __future__ import annotations
+
+import pytest
+
+from webapp.http import SyncFlask
+
+
+def test_plain_functions_are_called_as_they_are():
+    app = SyncFlask(__name__)
+
+    def view() -> str:
+        return "ok"
+
+    assert app.ensure_sync(view) is view  # no per-request coroutine check
+
+
+def test_an_app_of_plain_functions_passes_the_build_time_check():
+    app = SyncFlask(__name__)
+    app.get("/x")(lambda: "x")
+    app.before_request(lambda: None)
+    app.register_error_handler(ValueError, lambda exc: ("bad", 400))
+    app.assert_sync_only()
+    assert app.test_client().get("/x").data == b"x"
+
+
+@pytest.mark.parametrize("where", ["view", "before_request", "after_request", "teardown", "error_handler"])
+def test_an_async_view_or_hook_is_refused_when_the_app_is_built(where: str):
+    app = SyncFlask(__name__)
+
+    async def handler(*_args: object) -> str:
+        return "never awaited"
+
+    register = {
+        "view": lambda: app.get("/x")(handler),
+        "before_request": lambda: app.before_request(handler),
+        "after_request": lambda: app.after_request(handler),
+        "teardown": lambda: app.teardown_request(handler),
+        "error_handler": lambda: app.register_error_handler(ValueError, handler),
+    }
+    register[where]()
+    with pytest.raises(TypeError, match="handler"):
+        app.assert_sync_only()
