@@ -25,13 +25,8 @@ VARIANTS = {
     "ours": "webapp:create_app()",
     "-log_line": "bench.variants:create_app('log')",
     "-metrics": "bench.variants:create_app('metrics')",
-    "-deadline_begin": "bench.variants:create_app('deadline')",
+    "-deadline": "bench.variants:create_app('deadline')",
     "-all_three": "bench.variants:create_app('log', 'metrics', 'deadline')",
-    "+fast_log_format": "bench.variants:create_app('fastlog')",
-    "+fast_begin_commit": "bench.variants:create_app('fastdb')",
-    "+direct_log_line": "bench.variants:create_app('directlog')",
-    "+conn_deadline": "bench.variants:create_app('conndeadline')",
-    "+direct_log+conn_deadline": "bench.variants:create_app('directlog', 'conndeadline')",
 }
 
 

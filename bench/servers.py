@@ -59,6 +59,26 @@ def cpu_seconds(pid: int) -> float:
     )  # utime, stime
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU time used so far by every process named postgres* (the server and its backends)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().startswith("postgres"):
+                    total += cpu_seconds(int(entry.name))
+            except OSError:  # exited while we looked
+                continue
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent not idle, summed over cores (from /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # without guest time, counted in user
+
+
 def rss_mib(pid: int) -> float:
     """Resident set size of pid in MiB (VmRSS from /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 import logging
 import os
 import re
@@ -13,7 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
+from flask.sansio.app import App
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.sansio.response import Response as SansioResponse
 
 from webapp.errors import (
     Conflict,
@@ -56,6 +60,31 @@ HTTP_CODES = {
 }
 
 
+class CompactJSONProvider(DefaultJSONProvider):
+    """Flask's JSON provider with its compact encoder built once, not on every response.
+
+    DefaultJSONProvider.response calls json.dumps(obj, default=..., separators=...), and json.dumps
+    given any keyword builds a new JSONEncoder per call: ~5 % of a worker's Python time under load
+    (py-spy, bench/README.md). Same bytes out (tests/unit/test_json_provider.py). Keys stay in
+    the order the serializers wrote them; debug mode keeps Flask's indented output.
+    """
+
+    sort_keys = False
+
+    def __init__(self, app: App) -> None:
+        super().__init__(app)
+        # Built from the attributes as they are now: set ensure_ascii/default on the class, not later.
+        self._encode = json.JSONEncoder(
+            default=self.default, ensure_ascii=self.ensure_ascii, sort_keys=self.sort_keys, separators=(",", ":")
+        ).encode
+
+    def response(self, *args: Any, **kwargs: Any) -> SansioResponse:
+        if self.compact is False or (self.compact is None and self._app.debug):
+            return super().response(*args, **kwargs)
+        body = self._encode(self._prepare_response_obj(args, kwargs))
+        return self._app.response_class(f"{body}\n", mimetype=self.mimetype)
+
+
 class SyncFlask(Flask):
     """Flask for a WSGI app whose views and hooks are all plain functions: they are called as they are.
 
@@ -63,6 +92,8 @@ class SyncFlask(Flask):
     case one is async (six times a request here, ~1.5 us CPU each: a bench-visible share of the
     request). `assert_sync_only` asks once instead, when the app is built.
     """
+
+    json_provider_class = CompactJSONProvider
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         return func
@@ -122,7 +153,6 @@ def install(
 ) -> None:
     """Register the request hooks and the error handler on app."""
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes  # chunked bodies have no Content-Length
-    app.json.sort_keys = False  # type: ignore[attr-defined]
 
     new_request_id = request_id_factory()
 
