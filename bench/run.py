@@ -149,6 +149,12 @@ def summarise(results: dict[str, dict[str, list[WrkResult]]]) -> dict[str, Any]:
             if name != "baseline":
                 row["rps_ratio"] = row["rps"] / base["rps"]
                 row["p99_ratio"] = row["p99_ms"] / base["p99_ms"]
+                # Reported beside the target figure, never instead of it: each round's own ratio
+                # (both targets ran back to back, under the same neighbours), then the median.
+                row["paired_rps_ratios"] = [
+                    mine.rps / theirs.rps for mine, theirs in zip(by_target[name], by_target["baseline"], strict=True)
+                ]
+                row["paired_rps_ratio"] = statistics.median(row["paired_rps_ratios"])
         summary[scenario] = rows
     return summary
 
@@ -172,12 +178,13 @@ def check_targets(summary: dict[str, Any]) -> dict[str, bool]:
 def print_table(summary: dict[str, Any]) -> None:
     print(
         f"\n{'scenario':12} {'target':11} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'errors':>7} {'rps x':>7} {'p99 x':>7}"
+        f"{'errors':>7} {'rps x':>7} {'p99 x':>7} {'paired rps x (per round)':>26}"
     )
     for scenario, rows in summary.items():
         for name, row in rows.items():
             ratios = (
-                f"{row['rps_ratio']:7.2f} {row['p99_ratio']:7.2f}"
+                f"{row['rps_ratio']:7.3f} {row['p99_ratio']:7.2f}"
+                f"   {row['paired_rps_ratio']:.2f} ({', '.join(f'{r:.2f}' for r in row['paired_rps_ratios'])})"
                 if "rps_ratio" in row
                 else f"{'':7} {'':7}"
             )
