@@ -90,7 +90,8 @@ class SyncFlask(Flask):
 
     Flask asks inspect.iscoroutinefunction about the view and every hook on every request, in
     case one is async (six times a request here, ~1.5 us CPU each: a bench-visible share of the
-    request). `assert_sync_only` asks once instead, when the app is built.
+    request). `assert_sync_only` asks once instead, when the app is built. (Callbacks given to
+    `after_this_request` during a request are beyond its reach: keep them plain functions too.)
     """
 
     json_provider_class = CompactJSONProvider
@@ -100,7 +101,7 @@ class SyncFlask(Flask):
 
     def assert_sync_only(self) -> None:
         """Refuse to build an app with an async view or hook: under this class it would never be awaited."""
-        hooks: list[Callable[..., Any]] = [*self.view_functions.values()]
+        hooks: list[Callable[..., Any]] = [*self.view_functions.values(), *self.teardown_appcontext_funcs]
         for registry in (self.before_request_funcs, self.after_request_funcs, self.teardown_request_funcs):
             hooks += [f for funcs in registry.values() for f in funcs]
         hooks += [f for by_code in self.error_handler_spec.values() for by_class in by_code.values()

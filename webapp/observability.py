@@ -131,7 +131,7 @@ class RequestLog:
         self.logger = logger
         self._second = -1
         self._stamp = ""  # '{"time": "2026-11-27T05:39:28.' for the current second
-        self._rest = ""  # 'Z", "level": "INFO", "logger": ..., "pid": ..., "message": "request", '
+        self._rest = ""  # 'Z", "level": "INFO", "logger": ..., "pid": ..., "message": "request"'
         self._encode = json.JSONEncoder(default=str).encode  # built once: json.dumps(default=) builds one per call
 
     def write(self, fields: dict[str, Any], *, quiet: bool) -> None:
@@ -153,12 +153,13 @@ class RequestLog:
         if int(now) != self._second:
             self._second = int(now)
             self._stamp = '{"time": "' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + "."
-            self._rest = (  # the pid too: a forked process must not log its parent's
+            # The pid is re-read with the second (create_app, hence this object, is built after fork).
+            self._rest = (
                 f'Z", "level": "INFO", "logger": {json.dumps(self.logger.name)}, "pid": {os.getpid()}, '
-                '"message": "request", '
+                '"message": "request"'
             )
-        # The fields' own JSON object, opened into the line: {"time": ..., "method": ...}.
-        text = f"{self._stamp}{int(now % 1 * 1000):03d}{self._rest}{self._encode(fields)[1:]}\n"
+        # The fields' own JSON object (never empty: it has the status), opened into the line.
+        text = f"{self._stamp}{int(now % 1 * 1000):03d}{self._rest}, {self._encode(fields)[1:]}\n"
         handler.acquire()
         try:
             handler.stream.write(text)

@@ -25,7 +25,9 @@ def test_an_app_of_plain_functions_passes_the_build_time_check():
     assert app.test_client().get("/x").data == b"x"
 
 
-@pytest.mark.parametrize("where", ["view", "before_request", "after_request", "teardown", "error_handler"])
+@pytest.mark.parametrize(
+    "where", ["view", "before_request", "after_request", "teardown", "teardown_appcontext", "error_handler"]
+)
 def test_an_async_view_or_hook_is_refused_when_the_app_is_built(where: str):
     app = SyncFlask(__name__)
 
@@ -37,8 +39,10 @@ def test_an_async_view_or_hook_is_refused_when_the_app_is_built(where: str):
         "before_request": lambda: app.before_request(handler),
         "after_request": lambda: app.after_request(handler),
         "teardown": lambda: app.teardown_request(handler),
+        "teardown_appcontext": lambda: app.teardown_appcontext(handler),
         "error_handler": lambda: app.register_error_handler(ValueError, handler),
     }
     register[where]()
     with pytest.raises(TypeError, match="handler"):
         app.assert_sync_only()
+
