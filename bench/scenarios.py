@@ -8,13 +8,14 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
-from bench.faultenv import LOAD_PRODUCT, USERS, FaultEnv, Verdict, tally
+from bench.faultenv import LOAD_PRODUCT, USERS, FaultEnv, Timing, Verdict, tally
 from bench.load import Load, Outcome, RequestSpec, count, send
-from bench.servers import http_get
+from bench.servers import Gunicorn, http_get
 
 USER_ROUTE = "/users/<id:user_id>"
 
@@ -41,15 +42,26 @@ def failed(o: Outcome) -> bool:
     return o.kind != "response" or o.status >= 400
 
 
+def _under_load(
+    service: Gunicorn, timing: Timing, make: Callable[[int], RequestSpec] = get_user, **load: Any
+) -> tuple[set[int], Load]:
+    """Wait for the service and all its workers, start the load, let the "before" phase run.
+
+    Returns the worker pids from before any fault, and the running load (stop() it for the outcomes).
+    """
+    service.wait_ready()
+    workers = set(service.wait_workers())
+    started = Load(service.port, make, **{"threads": timing.threads, "seconds": 30, **load}).start()
+    time.sleep(timing.before)
+    return workers, started
+
+
 def sighup_under_load(env: FaultEnv) -> Verdict:
     """SIGHUP (reload: new workers, old ones finish their request) loses no request."""
     v = Verdict("sighup_under_load")
     t = env.timing
     with env.service("sighup") as service:
-        service.wait_ready()
-        old = set(service.wait_workers())
-        load = Load(service.port, get_user, threads=t.threads, seconds=30).start()
-        time.sleep(t.before)
+        old, load = _under_load(service, t)
         service.signal(signal.SIGHUP)
         hup_at = time.monotonic()
         deadline = hup_at + 15
@@ -76,10 +88,7 @@ def sigterm_under_load(env: FaultEnv) -> Verdict:
         service.env["GUNICORN_GRACEFUL_TIMEOUT"]
     )
     with service:
-        service.wait_ready()
-        service.wait_workers()
-        load = Load(service.port, get_user, threads=t.threads, seconds=30).start()
-        time.sleep(t.before)
+        _workers, load = _under_load(service, t)
         service.signal(signal.SIGTERM)
         term_at = time.monotonic()
         assert service.proc is not None
@@ -125,18 +134,11 @@ def postgres_restart_under_load(env: FaultEnv) -> Verdict:
     service = env.service("postgres_restart", REQUEST_TIMEOUT="1")
     timeout = float(service.env["REQUEST_TIMEOUT"])
     with service:
-        service.wait_ready()
-        service.wait_workers()
         # One client per worker: more would wait in the listen backlog before a worker (and the
         # request's deadline) even starts, and the client's clock would measure that queue too.
-        load = Load(
-            service.port,
-            get_or_order,
-            threads=service.workers,
-            seconds=60,
-            timeout=timeout + 10,
-        ).start()
-        time.sleep(t.before)
+        _workers, load = _under_load(
+            service, t, get_or_order, threads=service.workers, seconds=60, timeout=timeout + 10
+        )
         down_at = time.monotonic()
         env.pg.stop("fast")
         time.sleep(t.pg_down)
@@ -235,13 +237,10 @@ def redis_killed_under_load(env: FaultEnv) -> Verdict:
     redis = env.new_redis()
     try:
         with env.service("redis_killed", REDIS_URL=redis.url) as service:
-            service.wait_ready()
-            service.wait_workers()
             def hot(_n: int) -> tuple[str, str, None]:
                 return ("GET", f"/users/{random.randint(1, 50)}", None)
 
-            load = Load(service.port, hot, threads=t.threads, seconds=30).start()
-            time.sleep(t.before)
+            _workers, load = _under_load(service, t, hot)
             redis.kill()
             killed_at = time.monotonic()
             time.sleep(t.after + 1)
@@ -280,10 +279,7 @@ def worker_killed_under_load(env: FaultEnv) -> Verdict:
     v = Verdict("worker_killed_under_load")
     t = env.timing
     with env.service("worker_killed") as service:
-        service.wait_ready()
-        before = set(service.wait_workers())
-        load = Load(service.port, get_user, threads=t.threads, seconds=30).start()
-        time.sleep(t.before)
+        before, load = _under_load(service, t)
         victim = min(before)
         service.kill_worker(victim)
         killed_at = time.monotonic()
