@@ -73,6 +73,29 @@ def post_in_background(
     return thread, outcome
 
 
+def order_into_a_deadlock(
+    app: Flask, db, shop: dict[str, int], rival: psycopg.Connection, headers: dict[str, str] | None = None
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """POST an order for P1 and P2 while the rival holds P2, then let the rival want P1: a lock cycle.
+
+    The app (deadlock_timeout=300ms, see app_on) detects it long before the rival (10 s), so the
+    app is the victim. Returns once the rival holds P1, i.e. once the app's attempt rolled back.
+    """
+    rival.execute("SET deadlock_timeout = '10s'")
+    rival.execute("UPDATE products SET stock = stock WHERE id = %s", (shop["p2"],))
+    order, outcome = post_in_background(
+        app,
+        {
+            "user_id": shop["user"],
+            "items": [{"product_id": shop["p1"], "quantity": 1}, {"product_id": shop["p2"], "quantity": 1}],
+        },
+        headers=headers,
+    )
+    wait_until_the_app_waits_on_a_lock(db)  # it holds P1 and waits for P2
+    rival.execute("UPDATE products SET stock = stock WHERE id = %s", (shop["p1"],))
+    return order, outcome
+
+
 def stock(db, product_id: int) -> int:
     return db.execute("SELECT stock FROM products WHERE id = %s", (product_id,)).fetchone()[0]
 
@@ -102,22 +125,10 @@ def test_a_serialization_failure_is_retried_as_a_whole_transaction_and_the_order
 def test_a_deadlock_is_retried_as_a_whole_transaction_and_the_order_happens_once(
     database_url: str, db, shop, rival, retries
 ):
-    # The app detects the deadlock quickly; the rival would wait 10 s, so the app is the victim.
     app = app_on(database_url, "-c deadlock_timeout=300ms")
     try:
-        rival.execute("SET deadlock_timeout = '10s'")
-        rival.execute("UPDATE products SET stock = stock WHERE id = %s", (shop["p2"],))
-        order, outcome = post_in_background(
-            app,
-            {
-                "user_id": shop["user"],
-                "items": [{"product_id": shop["p1"], "quantity": 1}, {"product_id": shop["p2"], "quantity": 1}],
-            },
-        )
-        wait_until_the_app_waits_on_a_lock(db)  # it holds P1 and waits for P2
-        # The rival now wants P1: a cycle. This returns once the app, the victim, rolled back.
-        rival.execute("UPDATE products SET stock = stock WHERE id = %s", (shop["p1"],))
-        rival.commit()
+        order, outcome = order_into_a_deadlock(app, db, shop, rival)
+        rival.commit()  # the retry now finds both rows free
         order.join(timeout=10)
     finally:
         close_app(app)
@@ -146,18 +157,7 @@ def test_a_client_error_is_never_retried(database_url: str, db, shop, retries):
 def test_a_retried_transaction_still_ends_within_the_clients_budget(database_url: str, db, shop, rival, retries):
     app = app_on(database_url, "-c deadlock_timeout=300ms")
     try:
-        rival.execute("SET deadlock_timeout = '10s'")
-        rival.execute("UPDATE products SET stock = stock WHERE id = %s", (shop["p2"],))
-        order, outcome = post_in_background(
-            app,
-            {
-                "user_id": shop["user"],
-                "items": [{"product_id": shop["p1"], "quantity": 1}, {"product_id": shop["p2"], "quantity": 1}],
-            },
-            headers={"X-Request-Timeout": "0.6"},
-        )
-        wait_until_the_app_waits_on_a_lock(db)
-        rival.execute("UPDATE products SET stock = stock WHERE id = %s", (shop["p1"],))  # deadlock at ~0.3 s
+        order, outcome = order_into_a_deadlock(app, db, shop, rival, {"X-Request-Timeout": "0.6"})  # ~0.3 s in
         # The rival now holds both rows and keeps them: the retry can only wait, and the
         # rest of the budget (not a fresh 10 s, not another full budget) is all it gets.
         order.join(timeout=10)
