@@ -20,14 +20,7 @@ import tempfile
 import time
 from typing import Any
 
-VARIANTS = {
-    "baseline": "bench.baseline_app:create_app()",
-    "ours": "webapp:create_app()",
-    "-log_line": "bench.variants:create_app('log')",
-    "-metrics": "bench.variants:create_app('metrics')",
-    "-deadline": "bench.variants:create_app('deadline')",
-    "-all_three": "bench.variants:create_app('log', 'metrics', 'deadline')",
-}
+from bench.variants import VARIANTS
 
 
 def child(spec: str, requests: int, users: int, cprofile: bool) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """`python -m bench.profile`: price each middleware layer on GET /users/<id>.
 
 Runs the baseline, the full service and the service minus one layer at a time (bench/variants.py),
-interleaved over rounds, and prints median rps and worker CPU per request for each. CPU per request
-is the steadier figure on 2 shared cores: the difference to the baseline is what a layer costs.
+interleaved over rounds, and prints median rps and CPU per request (workers, Postgres, the whole
+machine) for each. CPU per request is the steadier figure on 2 shared cores: the difference to
+the baseline is what a layer costs.
 With --py-spy it also records the full service's workers into bench/results/profile-ours.folded.
 """
 
@@ -18,24 +19,14 @@ from pathlib import Path
 
 from bench.run import RESULTS_DIR
 from bench.seed import recreate_database, seed
-from bench.servers import (
-    BASELINE_APP,
-    OURS_APP,
-    Gunicorn,
-    cpu_seconds,
-    machine_busy_seconds,
-    postgres_cpu_seconds,
-)
-from bench.wrk import run_wrk
+from bench.servers import Gunicorn, cpu_seconds, machine_busy_seconds, postgres_cpu_seconds
+from bench.variants import VARIANTS
+from bench.wrk import WrkResult, run_wrk
 
-VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "baseline": (BASELINE_APP, []),
-    "ours": (OURS_APP, []),
-    "-log_line": ("bench.variants:create_app('log')", []),
-    "-metrics": ("bench.variants:create_app('metrics')", []),
-    "-deadline": ("bench.variants:create_app('deadline')", []),
-    "-all_three": ("bench.variants:create_app('log', 'metrics', 'deadline')", []),
-}
+
+def get_load(target: Gunicorn, args: argparse.Namespace, seconds: int) -> WrkResult:
+    """wrk's GET /users/<random id> load on target, the same in every phase."""
+    return run_wrk(target.port, "get", seconds=seconds, connections=16, threads=2, users=args.users, products=10)
 
 
 def measure(target: Gunicorn, args: argparse.Namespace) -> tuple[float, float, float, float, float]:
@@ -43,15 +34,7 @@ def measure(target: Gunicorn, args: argparse.Namespace) -> tuple[float, float, f
     pids = target.worker_pids()
     before = sum(cpu_seconds(p) for p in pids)
     pg_before, machine_before = postgres_cpu_seconds(), machine_busy_seconds()
-    result = run_wrk(
-        target.port,
-        "get",
-        seconds=args.seconds,
-        connections=16,
-        threads=2,
-        users=args.users,
-        products=10,
-    )
+    result = get_load(target, args, args.seconds)
     used = sum(cpu_seconds(p) for p in pids) - before
     pg, machine = postgres_cpu_seconds() - pg_before, machine_busy_seconds() - machine_before
     per_request = 1e6 / max(1, result.requests)
@@ -83,15 +66,7 @@ def py_spy(target: Gunicorn, args: argparse.Namespace) -> Path:
         stderr=subprocess.DEVNULL,
     )
     time.sleep(0.5)
-    run_wrk(
-        target.port,
-        "get",
-        seconds=args.seconds,
-        connections=16,
-        threads=2,
-        users=args.users,
-        products=10,
-    )
+    get_load(target, args, args.seconds)
     spy.wait(30)
     return out
 
@@ -119,12 +94,7 @@ def main(argv: list[str]) -> int:
     # Logs to real files, as in production (and bench.run): /dev/null would hide the write cost.
     log_dir = tempfile.TemporaryDirectory(prefix="bench-profile-")
     targets = {
-        n: Gunicorn(
-            VARIANTS[n][0],
-            env,
-            extra_args=VARIANTS[n][1],
-            log_path=Path(log_dir.name) / f"{i}.log",
-        )
+        n: Gunicorn(VARIANTS[n], env, log_path=Path(log_dir.name) / f"{i}.log")
         for i, n in enumerate(names)
     }
     rows: dict[str, list[tuple[float, float, float, float, float]]] = {n: [] for n in names}
@@ -132,15 +102,7 @@ def main(argv: list[str]) -> int:
         for target in targets.values():
             target.start().wait_ready()
             target.wait_workers()
-            run_wrk(
-                target.port,
-                "get",
-                seconds=2,
-                connections=16,
-                threads=2,
-                users=args.users,
-                products=10,
-            )
+            get_load(target, args, 2)  # warm-up
         for round_no in range(args.rounds):
             for name, target in targets.items():
                 rows[name].append(measure(target, args))

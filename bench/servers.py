@@ -96,14 +96,13 @@ class Gunicorn:
     port: int = field(default_factory=free_port)
     workers: int = 4
     log_path: Path | None = None
-    extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     boot_to_ready: float | None = None
     _metrics_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def command(self) -> list[str]:
-        gunicorn = [sys.executable, "-m", "gunicorn", *self.extra_args]
+        gunicorn = [sys.executable, "-m", "gunicorn"]
         if (
             self.app != BASELINE_APP
         ):  # the service and its variants: the project's production settings

@@ -14,12 +14,23 @@ from typing import Any
 
 from flask import Flask
 
+from bench.servers import BASELINE_APP, OURS_APP
 from webapp import create_app as create_service
 from webapp.config import load_config
 from webapp.db import Database
 from webapp.observability import Metrics
 
 LAYERS = ("log", "metrics", "deadline")
+
+# What bench.layers and bench.profile compare: name → the app spec gunicorn (or import_app) loads.
+VARIANTS = {
+    "baseline": BASELINE_APP,
+    "ours": OURS_APP,
+    "-log_line": "bench.variants:create_app('log')",
+    "-metrics": "bench.variants:create_app('metrics')",
+    "-deadline": "bench.variants:create_app('deadline')",
+    "-all_three": "bench.variants:create_app('log', 'metrics', 'deadline')",
+}
 
 
 class NullMetrics(Metrics):
