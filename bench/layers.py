@@ -20,6 +20,7 @@ import tempfile
 import time
 from typing import Any
 
+from bench.servers import SCRATCH_DIR
 from bench.variants import VARIANTS
 
 
@@ -76,7 +77,7 @@ def child(spec: str, requests: int, users: int, cprofile: bool) -> dict[str, Any
 def run_child(
     spec: str, args: argparse.Namespace, cprofile: bool = False
 ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="layers-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="layers-", dir=SCRATCH_DIR) as tmp:
         env = {
             **os.environ,
             "DATABASE_URL": args.database_url,

@@ -18,6 +18,9 @@ from typing import Self
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 OURS_APP = "webapp:create_app()"
 BASELINE_APP = "bench.baseline_app:create_app()"
+# The choice gunicorn.conf.py makes for files written on every request (metrics, heartbeat):
+# tmpfs when the machine has one. The bench uses it for both servers so it measures the defaults.
+SCRATCH_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
 def free_port() -> int:
@@ -115,13 +118,16 @@ class Gunicorn:
                 f"127.0.0.1:{self.port}",
                 self.app,
             ]
-        # The baseline: stock gunicorn, same worker count and class, nothing else.
+        # The baseline: stock gunicorn, same worker count and class, nothing else, and the same
+        # heartbeat folder (a server setting, not middleware: the ratio prices the middleware).
         return [
             *gunicorn,
             "--workers",
             str(self.workers),
             "--worker-class",
             "sync",
+            "--worker-tmp-dir",
+            SCRATCH_DIR,
             "--bind",
             f"127.0.0.1:{self.port}",
             "--log-level",
@@ -132,7 +138,7 @@ class Gunicorn:
 
     def start(self) -> Self:
         """Spawn the master; stdout/stderr (the JSON log lines) go to log_path or are discarded."""
-        self._metrics_dir = tempfile.TemporaryDirectory(prefix="bench-metrics-")
+        self._metrics_dir = tempfile.TemporaryDirectory(prefix="bench-metrics-", dir=SCRATCH_DIR)
         env = {
             **os.environ,
             "PORT": str(self.port),

@@ -263,6 +263,24 @@ def test_gunicorn_conf_defaults_to_all_interfaces_on_port_8000(monkeypatch, tmp_
     assert load_conf(monkeypatch, tmp_path, BIND_HOST="127.0.0.1")["bind"] == ["127.0.0.1:8000"]
 
 
+def mount_type(path: str) -> str:
+    """The filesystem type of the mount holding path, from /proc/mounts (the longest matching mount point)."""
+    best, kind = "", ""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _device, point, fstype, *_ = line.split()
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, kind = point, fstype
+    return kind
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="this machine has no /dev/shm")
+def test_gunicorn_conf_keeps_the_files_written_on_every_request_in_memory(monkeypatch, tmp_path: Path):
+    # The heartbeat and the metrics files are written per request; on a disk they cost journal work.
+    conf = load_conf(monkeypatch, tmp_path)
+    assert mount_type(conf["worker_tmp_dir"]) == "tmpfs"
+    assert Path(conf["_own_metrics_dir"]).parent == Path(conf["worker_tmp_dir"])
+
+
 def test_gunicorn_conf_refuses_a_stop_that_overruns_the_platforms_window(monkeypatch, tmp_path: Path):
     with pytest.raises(ValueError, match="stop window"):
         load_conf(monkeypatch, tmp_path, GUNICORN_GRACEFUL_TIMEOUT="28", SHUTDOWN_DRAIN_SECONDS="5")
