@@ -87,29 +87,35 @@ class Database:
     def ping(self, timeout: float) -> None:
         """Run SELECT 1 on a pooled connection within timeout seconds, or raise."""
         deadline = Deadline(timeout)
-        with self.transaction(deadline, retries=1) as conn:
+        with self.transaction(deadline, read_only=True, retries=1) as conn:
             conn.execute("SELECT 1")
 
     @contextmanager
-    def transaction(self, deadline: Deadline, *, retries: int = 3) -> Iterator[psycopg.Connection[Any]]:
+    def transaction(
+        self, deadline: Deadline, *, read_only: bool = False, retries: int = 3
+    ) -> Iterator[psycopg.Connection[Any]]:
         """Yield a connection inside BEGIN..COMMIT; roll back on any exception; always return it."""
-        conn = self.begin(deadline, retries=retries)
+        conn = self.begin(deadline, read_only=read_only, retries=retries)
         try:
             yield conn
         except BaseException:
             self.end(conn, commit=False)
             raise
-        self.end(conn, commit=True)
+        self.end(conn, commit=True, read_only=read_only)
 
-    def begin(self, deadline: Deadline, *, retries: int = 3) -> psycopg.Connection[Any]:
-        """Check out a connection (bounded wait) and open a transaction with the deadline's time left."""
+    def begin(self, deadline: Deadline, *, read_only: bool = False, retries: int = 3) -> psycopg.Connection[Any]:
+        """Check out a connection (bounded wait) and open a transaction with the deadline's time left.
+
+        read_only: BEGIN READ ONLY, so Postgres itself refuses any write (error 25006).
+        """
 
         def attempt() -> psycopg.Connection[Any]:
             if deadline.expired():
                 raise DeadlineExceeded("request deadline passed before the database was reached")
             conn = self.pool.getconn(timeout=deadline.bound(self.checkout_timeout))
             try:
-                _send_begin(conn, self._begin_statement(max(1, int(deadline.remaining() * 1000))))
+                budget_ms = max(1, int(deadline.remaining() * 1000))
+                _exec_command(conn, self._begin_statement(budget_ms, read_only=read_only))
             except BaseException:
                 self.pool.putconn(conn)  # a broken connection is discarded by the pool
                 raise
@@ -134,7 +140,7 @@ class Database:
         except psycopg.OperationalError as exc:
             raise Unavailable("database connection failed") from exc
 
-    def _begin_statement(self, budget_ms: int) -> LiteralString:
+    def _begin_statement(self, budget_ms: int, *, read_only: bool = False) -> LiteralString:
         """BEGIN, plus the deadline as statement_timeout when it is shorter than the connection's default.
 
         Both statements travel in ONE round trip (one simple query). Trap: `SET LOCAL
@@ -142,50 +148,58 @@ class Database:
         binding cannot bind SET). The value is an int we computed, never user input, so it is
         formatted in; sql.Literal would do the same at ~10 us more a request.
         """
+        begin: LiteralString = "BEGIN READ ONLY" if read_only else "BEGIN"
         default = self._default_timeout_ms
         if default is not None and budget_ms >= default - DEFAULT_TIMEOUT_SLACK_MS:
-            return "BEGIN"
-        return cast(LiteralString, f"BEGIN; SET LOCAL statement_timeout = {int(budget_ms)}")
+            return begin
+        return cast(LiteralString, f"{begin}; SET LOCAL statement_timeout = {int(budget_ms)}")
 
-    def end(self, conn: psycopg.Connection[Any], *, commit: bool) -> None:
-        """Commit (raising CommitFailed if it did not happen) or roll back, then return conn to the pool."""
+    def end(self, conn: psycopg.Connection[Any], *, commit: bool, read_only: bool = False) -> None:
+        """Commit (raising CommitFailed if it did not happen) or roll back, then return conn to the pool.
+
+        read_only must say what begin() was told: a read-only COMMIT takes the quick path.
+        """
         try:
             if commit:
-                _commit(conn)
+                _commit(conn, read_only=read_only)
             else:
                 _rollback(conn)
         finally:
             self.pool.putconn(conn)
 
 
-def _send_begin(conn: psycopg.Connection[Any], statement: str) -> None:
-    """Send BEGIN (with its SET LOCAL, if any) through libpq's PQexec: one C call, no cursor.
+def _exec_command(conn: psycopg.Connection[Any], statement: str) -> None:
+    """Run a statement that does no I/O on the server (BEGIN, a read-only COMMIT) through libpq's PQexec.
 
-    Why not conn.execute(): psycopg's Python machinery for one statement (a cursor, query
-    conversion, its wait loop) measured ~30 us more worker CPU per request under load, 5 % of
-    GET throughput (bench/README.md), for a statement with nothing to adapt or return.
-    Trade-off: PQexec blocks in C, where Python signal handlers wait for it to return; BEGIN
-    does no I/O on the server, so a live server answers at once. COMMIT, which may wait on
-    disk or replicas, stays on psycopg's interruptible path (_commit).
+    One C call, no cursor. Why not conn.execute(): psycopg's Python machinery for one statement
+    (a cursor, query conversion, its wait loop) measured ~30 us more worker CPU per request
+    under load, 5 % of GET throughput (bench/README.md), for a statement with nothing to adapt
+    or return. Trade-off: PQexec blocks in C, where Python signal handlers wait for it to
+    return; these statements touch no disk, so a live server answers at once. A read-write
+    COMMIT, which may wait on disk or replicas, stays on psycopg's interruptible path (_commit).
     """
     result = conn.pgconn.exec_(statement.encode())
     if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
         # Only a connection that died (a Postgres restart) fails here: begin() retries on another.
         reason = result.error_message.decode(errors="replace").strip() or "no reason given"
-        raise psycopg.OperationalError(f"BEGIN failed: {reason}")
+        raise psycopg.OperationalError(f"{statement.split(None, 1)[0]} failed: {reason}")
 
 
-def _commit(conn: psycopg.Connection[Any]) -> None:
+def _commit(conn: psycopg.Connection[Any], *, read_only: bool = False) -> None:
     # Trap: after any failed statement, COMMIT answers "ROLLBACK" without raising.
     # Checking the status first turns that silent rollback into an error (never a 2xx);
     # it is the only way COMMIT ends in a rollback without an error of its own.
-    if conn.info.transaction_status == TransactionStatus.INERROR:
+    # (pgconn's status is a plain int: conn.info.transaction_status builds two objects a call.)
+    if conn.pgconn.transaction_status == TransactionStatus.INERROR:
         _rollback(conn)
         raise CommitFailed("transaction was aborted by an earlier error; rolled back")
     try:
-        # commit() works on our autocommit connections too (it sends COMMIT whenever a
-        # transaction is open), and costs less than execute("COMMIT"): no cursor is built.
-        conn.commit()
+        if read_only:
+            _exec_command(conn, "COMMIT")  # wrote nothing: nothing to flush, answered at once
+        else:
+            # commit() works on our autocommit connections too (it sends COMMIT whenever a
+            # transaction is open), and costs less than execute("COMMIT"): no cursor is built.
+            conn.commit()
     except psycopg.OperationalError as exc:
         # The connection died under COMMIT (Postgres restarting): a dependency failure, so
         # 503 + Retry-After. Whether it committed is unknown; an Idempotency-Key makes the
@@ -197,7 +211,7 @@ def _commit(conn: psycopg.Connection[Any]) -> None:
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:
-    if conn.closed or conn.info.transaction_status == TransactionStatus.IDLE:
+    if conn.closed or conn.pgconn.transaction_status == TransactionStatus.IDLE:
         return
     try:
         conn.execute("ROLLBACK", prepare=False)

@@ -7,13 +7,18 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from flask import Flask, Response, g
+from flask import Flask, Response, g, request
 
 from webapp.db import Database
 from webapp.resilience import Deadline
 
 _KEY = "_transaction"
+_READ_ONLY = "_transaction_read_only"
 _AFTER_COMMIT = "_after_commit"
+# Safe methods must not change anything (RFC 9110): their transactions are READ ONLY, so
+# Postgres refuses a write from one (error 25006, a 500 that a test would catch) and their
+# COMMIT, having nothing to flush, takes the quick path (db._commit).
+READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +28,7 @@ class RequestTransaction:
 
     Repositories receive `connection` (a bound method) and call it for every query, so a
     request that never touches the database (health, metrics, 404s) never takes a connection.
+    GET, HEAD and OPTIONS run READ ONLY.
     """
 
     def __init__(self, database: Database, default_timeout: float):
@@ -35,8 +41,10 @@ class RequestTransaction:
         conn = state.get(_KEY)
         if conn is None:
             deadline = state.get("deadline") or Deadline(self.default_timeout)
-            conn = self.database.begin(deadline)
+            read_only = request.method in READ_ONLY_METHODS
+            conn = self.database.begin(deadline, read_only=read_only)
             setattr(state, _KEY, conn)
+            setattr(state, _READ_ONLY, read_only)
         return conn
 
     def finish(self, *, commit: bool) -> None:
@@ -45,7 +53,8 @@ class RequestTransaction:
         conn = state.pop(_KEY, None)  # popped first: a failing commit must not be finished twice
         callbacks = state.pop(_AFTER_COMMIT, None)  # dropped on rollback and on restart()
         if conn is not None:
-            self.database.end(conn, commit=commit)  # raises if COMMIT failed: callbacks never run
+            # Raises if COMMIT failed: callbacks never run.
+            self.database.end(conn, commit=commit, read_only=state.pop(_READ_ONLY))
         if commit and callbacks:
             for callback in callbacks:
                 try:

@@ -111,3 +111,49 @@ def test_a_connection_lost_at_commit_is_a_503_with_retry_after_not_a_500(app: Fl
     assert response.headers["Retry-After"] == "1"
     assert response.json["error"]["code"] == "service_unavailable"
     assert db.execute("SELECT count(*) FROM users").fetchone() == (0,)
+
+
+def test_a_get_runs_read_only_so_postgres_itself_refuses_a_write_from_it(app: Flask, client, db):
+    connection = connection_of(app)
+
+    @app.get("/test-only/mode")
+    def mode():
+        row = connection().execute("SELECT current_setting('transaction_read_only')").fetchone()
+        return {"read_only": row[0] if row else None}
+
+    @app.get("/test-only/careless-write")
+    def careless_write():
+        connection().execute("INSERT INTO users (name, email) VALUES ('Ghost', 'ghost@example.org')")
+        return {"created": True}
+
+    assert client.get("/test-only/mode").json == {"read_only": "on"}
+    response = client.get("/test-only/careless-write")
+    assert response.status_code == 500  # our bug, not the client's: logged with its request id
+    assert db.execute("SELECT count(*) FROM users").fetchone() == (0,)
+    assert all(state == "idle" for state in app_connections(db))
+
+
+def test_a_post_runs_read_write(app: Flask, client):
+    connection = connection_of(app)
+
+    @app.post("/test-only/mode")
+    def mode():
+        row = connection().execute("SELECT current_setting('transaction_read_only')").fetchone()
+        return {"read_only": row[0] if row else None}
+
+    assert client.post("/test-only/mode", json={}).json == {"read_only": "off"}
+
+
+def test_a_connection_lost_before_a_read_only_commit_is_a_503_not_a_200(app: Flask, client, db):
+    connection = connection_of(app)
+
+    @app.get("/test-only/lose-connection-before-read-only-commit")
+    def lose_connection():
+        conn = connection()
+        conn.execute("SELECT 1")
+        db.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        return {"read": True}
+
+    response = client.get("/test-only/lose-connection-before-read-only-commit")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"

@@ -188,7 +188,7 @@ def test_an_eviction_registered_in_a_transaction_runs_only_once_it_has_committed
         users_seen_by_others.append(count_users(db))  # another connection: sees only committed rows
         cache.invalidate(1)
 
-    with Flask(__name__).test_request_context():
+    with Flask(__name__).test_request_context(method="POST"):  # GET would be READ ONLY
         transaction.connection().execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
         transaction.after_commit(evict)
         assert server.admin().exists("user:1") == 1  # registering does not run it
@@ -201,7 +201,7 @@ def test_an_eviction_registered_in_a_transaction_runs_only_once_it_has_committed
 def test_an_eviction_never_runs_when_the_transaction_does_not_commit(server, transaction, db, finish):
     cache, _, _ = make_cache(server)
     cache.put(ANN)
-    with Flask(__name__).test_request_context():
+    with Flask(__name__).test_request_context(method="POST"):  # GET would be READ ONLY
         conn = transaction.connection()
         conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
         transaction.after_commit(lambda: cache.invalidate(1))

@@ -26,7 +26,8 @@ RETRY_LOG = "retrying the whole transaction"
 
 def app_on(database_url: str, options: str) -> Flask:
     """The real app whose connections start with the given server options (libpq `options`)."""
-    return create_app(make_config(f"{database_url}?options={quote(options)}"))
+    separator = "&" if "?" in database_url else "?"  # the embedded Postgres's URL has ?host=<socket dir>
+    return create_app(make_config(f"{database_url}{separator}options={quote(options)}"))
 
 
 @pytest.fixture

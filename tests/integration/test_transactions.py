@@ -139,3 +139,16 @@ def test_a_pooled_connection_that_died_is_replaced_before_the_transaction_starts
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
     finally:
         database.end(conn, commit=True)
+
+
+def test_a_read_only_transaction_refuses_writes_and_commits_its_reads(database: Database, db):
+    with database.transaction(Deadline(5), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
+    refused = pytest.raises(psycopg.errors.ReadOnlySqlTransaction)
+    with refused, database.transaction(Deadline(5), read_only=True) as conn:
+        conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
+    assert count_users(db) == 0
+    # The connection came back idle and read-write: the next transaction may write.
+    with database.transaction(Deadline(5)) as conn:
+        conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
+    assert count_users(db) == 1
