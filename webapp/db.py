@@ -110,9 +110,10 @@ class Database:
         """
 
         def attempt() -> psycopg.Connection[Any]:
-            if deadline.expired():
+            left = deadline.remaining()  # read once: this runs on every request
+            if left <= 0:
                 raise DeadlineExceeded("request deadline passed before the database was reached")
-            conn = self.pool.getconn(timeout=deadline.bound(self.checkout_timeout))
+            conn = self.pool.getconn(timeout=min(self.checkout_timeout, left))
             try:
                 budget_ms = max(1, int(deadline.remaining() * 1000))
                 _exec_command(conn, self._begin_statement(budget_ms, read_only=read_only))
@@ -130,8 +131,7 @@ class Database:
                 base=0.01,
                 max_delay=0.2,
                 deadline=deadline,
-                retry_on=lambda exc: isinstance(exc, psycopg.OperationalError)
-                and not isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests),
+                retry_on=_is_broken_connection,
             )
         except RetryError as exc:
             raise Unavailable("database connection failed") from exc.last_error
@@ -166,6 +166,13 @@ class Database:
                 _rollback(conn)
         finally:
             self.pool.putconn(conn)
+
+
+def _is_broken_connection(exc: BaseException) -> bool:
+    """A connection that failed (worth another one), not a pool that is full (a retry would only queue)."""
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(
+        exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests
+    )
 
 
 def _exec_command(conn: psycopg.Connection[Any], statement: str) -> None:

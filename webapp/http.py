@@ -164,11 +164,13 @@ def install(
         req, state = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
         state.started = time.perf_counter()
         # The WSGI environ, not req.headers: the same values without a header-name translation each.
-        incoming = req.environ.get(_REQUEST_ID_KEY)
+        environ = req.environ
+        incoming = environ.get(_REQUEST_ID_KEY)
         state.request_id = incoming if incoming and _SANE_REQUEST_ID.match(incoming) else new_request_id()
-        state.deadline = Deadline(_budget(req.environ.get(_TIMEOUT_KEY), request_timeout))
-        # Checked from the header, before a byte of the body is read.
-        if (req.content_length or 0) > max_body_bytes:
+        asked = environ.get(_TIMEOUT_KEY)
+        state.deadline = Deadline(_budget(asked, request_timeout) if asked else request_timeout)
+        # Checked from the header, before a byte of the body is read (most requests have none).
+        if "CONTENT_LENGTH" in environ and (req.content_length or 0) > max_body_bytes:
             return error_response(413, "payload_too_large", f"request body exceeds {max_body_bytes} bytes")
         # Unrouted requests keep their 404/405: a wrong path is not a wrong content type.
         if req.method in _BODY_METHODS and req.routing_exception is None and req.mimetype != "application/json":
@@ -180,7 +182,8 @@ def install(
         # Registered before the transaction hook, so it runs after it (Flask runs after_request
         # hooks in reverse): the status logged is the status after COMMIT.
         state = g._get_current_object()
-        response.headers[REQUEST_ID_HEADER] = getattr(state, "request_id", "")
+        # add, not item assignment: no view sets this header, so there is no old value to look for.
+        response.headers.add(REQUEST_ID_HEADER, getattr(state, "request_id", ""))
         account_request(response.status_code, metrics, request_log)
         return response
 
@@ -204,7 +207,7 @@ def account_request(
         "status": status,
         "duration_ms": round(seconds * 1000, 2),
         "request_id": getattr(state, "request_id", ""),
-        "remote_addr": req.remote_addr,
+        "remote_addr": req.environ.get("REMOTE_ADDR"),  # = req.remote_addr, without the property
     }
     (request_log or RequestLog(log)).write(fields, quiet=quiet_probes and req.path in QUIET_PATHS)
 

@@ -162,8 +162,9 @@ class RequestLog:
         text = f"{self._stamp}{int(now % 1 * 1000):03d}{self._rest}, {self._encode(fields)[1:]}\n"
         handler.acquire()
         try:
-            handler.stream.write(text)
-            handler.flush()  # one line per write, as logging does: a crash loses no request line
+            stream = handler.stream
+            stream.write(text)
+            stream.flush()  # one line per write, as logging does: a crash loses no request line
         finally:
             handler.release()
 
@@ -227,7 +228,7 @@ class Metrics:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
-        if self._pool_stats is not None:
+        if self._pool_stats is not None and time.monotonic() - self._pool_sampled_at >= 1.0:
             self.sample_pool(self._pool_stats)
 
     def watch_pool(self, stats: Callable[[], dict[str, int]]) -> None:
