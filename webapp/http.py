@@ -16,6 +16,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from flask.sansio.app import App
+from flask.sessions import NullSession, SessionInterface
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.sansio.response import Response as SansioResponse
 
@@ -85,6 +86,24 @@ class CompactJSONProvider(DefaultJSONProvider):
         return self._app.response_class(f"{body}\n", mimetype=self.mimetype)
 
 
+class NoSessions(SessionInterface):
+    """No cookie sessions: an API's clients carry their own credentials on every request.
+
+    Flask opens a session on every request; without a secret key it builds a fresh NullSession
+    (every write raises) each time. This hands out one NullSession, never reads a cookie and never
+    sets one: same behaviour, one object fewer per request, and no session cookie can appear by
+    accident (tests/unit/test_sync_flask.py).
+    """
+
+    _null = NullSession()
+
+    def open_session(self, app: Flask, request: Any) -> NullSession:
+        return self._null
+
+    def save_session(self, app: Flask, session: Any, response: Any) -> None:
+        return None
+
+
 class SyncFlask(Flask):
     """Flask for a WSGI app whose views and hooks are all plain functions: they are called as they are.
 
@@ -95,6 +114,7 @@ class SyncFlask(Flask):
     """
 
     json_provider_class = CompactJSONProvider
+    session_interface = NoSessions()
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         return func

@@ -46,3 +46,27 @@ def test_an_async_view_or_hook_is_refused_when_the_app_is_built(where: str):
     with pytest.raises(TypeError, match="handler"):
         app.assert_sync_only()
 
+
+
+def test_there_are_no_cookie_sessions_a_write_fails_loudly_and_no_cookie_is_ever_set():
+    from flask import session
+
+    app = SyncFlask(__name__)
+    app.secret_key = "even-with-a-key"  # a key someone adds later must not switch cookie sessions on
+    app.testing = True  # let the view's exception reach the test
+
+    @app.get("/read")
+    def read() -> str:
+        return str(session.get("user", "anonymous"))
+
+    @app.get("/write")
+    def write() -> str:
+        session["user"] = "mallory"
+        return "written"
+
+    client = app.test_client()
+    client.set_cookie("session", "forged")
+    response = client.get("/read")
+    assert response.data == b"anonymous" and "Set-Cookie" not in response.headers
+    with pytest.raises(RuntimeError, match="session is unavailable"):
+        client.get("/write")
