@@ -8,8 +8,8 @@ import tempfile
 
 # Trap: every request writes two files: the metrics (mmapped by prometheus_client) and gunicorn's
 # worker heartbeat (touched by the worker before each accept). On a disk-backed /tmp (ext4 here,
-# overlayfs in many containers) those writes cost the kernel writeback and journal work: ~20-30 us
-# CPU a request under load, 5-8 % of GET throughput (bench/README.md). tmpfs keeps them in memory.
+# overlayfs in many containers) those writes cost the kernel journal and writeback work, and a slow
+# disk can stall the heartbeat (gunicorn's docs advise tmpfs for it). tmpfs keeps both in memory.
 _scratch_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 worker_tmp_dir = _scratch_dir
 
