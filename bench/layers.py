@@ -74,38 +74,38 @@ def child(spec: str, requests: int, users: int, cprofile: bool) -> dict[str, Any
     return {"cpu_us": cpu * 1e6, "wall_us": wall * 1e6}
 
 
+def child_env(database_url: str, metrics_dir: str) -> dict[str, str]:
+    """The environment of a child: production logging and multiprocess metrics, no cache."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "LOG_LEVEL": "info",
+        "REDIS_URL": "",
+        "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+    }
+
+
+def child_command(spec: str, requests: int, users: int) -> list[str]:
+    """The command that runs `child` for spec (bench.instructions runs it under valgrind)."""
+    return [sys.executable, "-m", "bench.layers", "--child", spec, "--requests", str(requests), "--users", str(users)]
+
+
 def run_child(
     spec: str, args: argparse.Namespace, cprofile: bool = False
 ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="layers-", dir=SCRATCH_DIR) as tmp:
-        env = {
-            **os.environ,
-            "DATABASE_URL": args.database_url,
-            "LOG_LEVEL": "info",
-            "REDIS_URL": "",
-            "PROMETHEUS_MULTIPROC_DIR": tmp,
-        }
-        with open(os.path.join(tmp, "app.log"), "w") as log:
-            cmd = [
-                sys.executable,
-                "-m",
-                "bench.layers",
-                "--child",
-                spec,
-                "--requests",
-                str(args.requests),
-                "--users",
-                str(args.users),
-            ] + (["--cprofile"] if cprofile else [])
-            out = subprocess.run(
-                cmd,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=None if cprofile else log,
-                text=True,
-                check=True,
-                timeout=300,
-            )
+    with (
+        tempfile.TemporaryDirectory(prefix="layers-", dir=SCRATCH_DIR) as tmp,
+        open(os.path.join(tmp, "app.log"), "w") as log,
+    ):
+        out = subprocess.run(
+            child_command(spec, args.requests, args.users) + (["--cprofile"] if cprofile else []),
+            env=child_env(args.database_url, tmp),
+            stdout=subprocess.PIPE,
+            stderr=None if cprofile else log,
+            text=True,
+            check=True,
+            timeout=300,
+        )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
