@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from flask import Flask
 
 from webapp.errors import NotFound
@@ -95,18 +96,27 @@ def test_health_and_unknown_routes_take_no_connection(app: Flask, client):
     assert pool.get_stats().get("requests_num", 0) == before
 
 
-def test_a_connection_lost_at_commit_is_a_503_with_retry_after_not_a_500(app: Flask, client, db):
+@pytest.mark.parametrize(
+    ("method", "statement"),
+    [
+        ("POST", "INSERT INTO users (name, email) VALUES ('Ghost', 'ghost@example.org')"),  # COMMIT via psycopg
+        ("GET", "SELECT count(*) FROM users"),  # READ ONLY: COMMIT via PQexec
+    ],
+)
+def test_a_connection_lost_at_commit_is_a_503_with_retry_after_never_a_2xx(
+    app: Flask, client, db, method: str, statement: str
+):
     connection = connection_of(app)
 
-    @app.post("/test-only/lose-connection-at-commit")
     def lose_connection():
         conn = connection()
-        conn.execute("INSERT INTO users (name, email) VALUES ('Ghost', 'ghost@example.org')")
+        conn.execute(statement)
         # As a Postgres restart would: the session dies between the view and its COMMIT.
         db.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-        return {"created": True}, 201
+        return {"done": True}, 201 if method == "POST" else 200
 
-    response = client.post("/test-only/lose-connection-at-commit", json={})
+    app.add_url_rule("/test-only/lose-connection-at-commit", view_func=lose_connection, methods=[method])
+    response = client.open("/test-only/lose-connection-at-commit", method=method, json={} if method == "POST" else None)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     assert response.json["error"]["code"] == "service_unavailable"
@@ -142,18 +152,3 @@ def test_a_post_runs_read_write(app: Flask, client):
         return {"read_only": row[0] if row else None}
 
     assert client.post("/test-only/mode", json={}).json == {"read_only": "off"}
-
-
-def test_a_connection_lost_before_a_read_only_commit_is_a_503_not_a_200(app: Flask, client, db):
-    connection = connection_of(app)
-
-    @app.get("/test-only/lose-connection-before-read-only-commit")
-    def lose_connection():
-        conn = connection()
-        conn.execute("SELECT 1")
-        db.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-        return {"read": True}
-
-    response = client.get("/test-only/lose-connection-before-read-only-commit")
-    assert response.status_code == 503
-    assert response.headers["Retry-After"] == "1"
