@@ -179,9 +179,8 @@ def _exec_command(conn: psycopg.Connection[Any], statement: str) -> None:
     """Run a statement that does no I/O on the server (BEGIN, a read-only COMMIT) through libpq's PQexec.
 
     One C call, no cursor. Why not conn.execute(): psycopg's Python machinery for one statement
-    (a cursor, query conversion, its wait loop) measured ~30 us more worker CPU per request
-    under load, 5 % of GET throughput (bench/README.md), for a statement with nothing to adapt
-    or return. Trade-off: PQexec blocks in C, where Python signal handlers wait for it to
+    (a cursor, query conversion, its wait loop) cost ~2 % of GET throughput for BEGIN alone
+    (A/B in bench/README.md), for a statement with nothing to adapt or return. Trade-off: PQexec blocks in C, where Python signal handlers wait for it to
     return; these statements touch no disk, so a live server answers at once. A read-write
     COMMIT, which may wait on disk or replicas, stays on psycopg's interruptible path (_commit).
     """

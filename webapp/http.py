@@ -221,13 +221,13 @@ def account_request(
     if metrics is not None:
         metrics.observe_request(req.method, rule, status, seconds)
     (request_log or RequestLog(log)).write(
-        req.method,
-        rule,
-        req.path,  # never the query string: it may carry tokens
-        status,
-        round(seconds * 1000, 2),
-        getattr(state, "request_id", ""),
-        req.environ.get("REMOTE_ADDR"),  # = req.remote_addr, without the property
+        method=req.method,
+        path=rule,
+        raw_path=req.path,  # never the query string: it may carry tokens
+        status=status,
+        duration_ms=round(seconds * 1000, 2),
+        request_id=getattr(state, "request_id", ""),
+        remote_addr=req.environ.get("REMOTE_ADDR"),  # = req.remote_addr, without the property
         quiet=quiet_probes and req.path in QUIET_PATHS,
     )
 

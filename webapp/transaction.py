@@ -54,7 +54,7 @@ class RequestTransaction:
         callbacks = state.pop(_AFTER_COMMIT, None)  # dropped on rollback and on restart()
         if conn is not None:
             # Raises if COMMIT failed: callbacks never run.
-            self.database.end(conn, commit=commit, read_only=state.pop(_READ_ONLY))
+            self.database.end(conn, commit=commit, read_only=state.pop(_READ_ONLY, False))
         if commit and callbacks:
             for callback in callbacks:
                 try:
