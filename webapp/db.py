@@ -180,9 +180,10 @@ def _exec_command(conn: psycopg.Connection[Any], statement: str) -> None:
 
     One C call, no cursor. Why not conn.execute(): psycopg's Python machinery for one statement
     (a cursor, query conversion, its wait loop) cost ~2 % of GET throughput for BEGIN alone
-    (A/B in bench/README.md), for a statement with nothing to adapt or return. Trade-off: PQexec blocks in C, where Python signal handlers wait for it to
-    return; these statements touch no disk, so a live server answers at once. A read-write
-    COMMIT, which may wait on disk or replicas, stays on psycopg's interruptible path (_commit).
+    (A/B in bench/README.md), for a statement with nothing to adapt or return.
+    Trade-off: PQexec blocks in C, where Python signal handlers wait for it to return; these
+    statements touch no disk, so a live server answers at once. A read-write COMMIT, which may
+    wait on disk or replicas, stays on psycopg's interruptible path (_commit).
     """
     result = conn.pgconn.exec_(statement.encode())
     if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
