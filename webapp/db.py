@@ -110,10 +110,9 @@ class Database:
         """
 
         def attempt() -> psycopg.Connection[Any]:
-            left = deadline.remaining()  # read once: this runs on every request
-            if left <= 0:
+            if deadline.expired():
                 raise DeadlineExceeded("request deadline passed before the database was reached")
-            conn = self.pool.getconn(timeout=min(self.checkout_timeout, left))
+            conn = self.pool.getconn(timeout=deadline.bound(self.checkout_timeout))
             try:
                 budget_ms = max(1, int(deadline.remaining() * 1000))
                 _exec_command(conn, self._begin_statement(budget_ms, read_only=read_only))

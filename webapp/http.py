@@ -187,8 +187,7 @@ def install(
         environ = req.environ
         incoming = environ.get(_REQUEST_ID_KEY)
         state.request_id = incoming if incoming and _SANE_REQUEST_ID.match(incoming) else new_request_id()
-        asked = environ.get(_TIMEOUT_KEY)
-        state.deadline = Deadline(_budget(asked, request_timeout) if asked else request_timeout)
+        state.deadline = Deadline(_budget(environ.get(_TIMEOUT_KEY), request_timeout))
         # Checked from the header, before a byte of the body is read (most requests have none).
         if "CONTENT_LENGTH" in environ and (req.content_length or 0) > max_body_bytes:
             return error_response(413, "payload_too_large", f"request body exceeds {max_body_bytes} bytes")

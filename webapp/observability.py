@@ -21,6 +21,8 @@ from pythonjsonlogger.json import JsonFormatter
 HANDLER_NAME = "webapp-json"
 # Seconds; covers a ~1 ms cached read up to the 10 s default deadline.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Pool gauges are refreshed at most this often per worker: stats() takes the pool's lock.
+POOL_SAMPLE_SECONDS = 1.0
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _QUERY_STRING = re.compile(r"\?[^\s'\"]+")
 
@@ -250,8 +252,11 @@ class Metrics:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
-        if self._pool_stats is not None and time.monotonic() - self._pool_sampled_at >= 1.0:
-            self.sample_pool(self._pool_stats)
+        if self._pool_stats is not None:
+            # The interval is checked here, not by a call to sample_pool: this runs per request.
+            now = time.monotonic()
+            if now - self._pool_sampled_at >= POOL_SAMPLE_SECONDS:
+                self._refresh_pool(self._pool_stats, now)
 
     def watch_pool(self, stats: Callable[[], dict[str, int]]) -> None:
         """Sample the pool gauges from stats() as requests finish (at most once a second)."""
@@ -259,13 +264,16 @@ class Metrics:
         # hook costs every request a call, and a thread would sample an idle worker for nothing.
         self._pool_stats = stats
 
-    def sample_pool(self, stats: Callable[[], dict[str, int]], *, every: float = 1.0) -> None:
+    def sample_pool(self, stats: Callable[[], dict[str, int]], *, every: float = POOL_SAMPLE_SECONDS) -> None:
         """Refresh the pool gauges from stats() at most once per `every` seconds."""
         now = time.monotonic()
         if now - self._pool_sampled_at >= every:
-            self._pool_sampled_at = now
-            for state, value in stats().items():
-                self.pool.labels(state).set(value)
+            self._refresh_pool(stats, now)
+
+    def _refresh_pool(self, stats: Callable[[], dict[str, int]], now: float) -> None:
+        self._pool_sampled_at = now
+        for state, value in stats().items():
+            self.pool.labels(state).set(value)
 
     def set_breaker_state(self, name: str, state: str) -> None:
         """Export a breaker transition."""

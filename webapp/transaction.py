@@ -13,7 +13,6 @@ from webapp.db import Database
 from webapp.resilience import Deadline
 
 _KEY = "_transaction"
-_READ_ONLY = "_transaction_read_only"
 _AFTER_COMMIT = "_after_commit"
 # Safe methods must not change anything (RFC 9110): their transactions are READ ONLY, so
 # Postgres refuses a write from one (error 25006, a 500 that a test would catch) and their
@@ -41,10 +40,8 @@ class RequestTransaction:
         conn = state.get(_KEY)
         if conn is None:
             deadline = state.get("deadline") or Deadline(self.default_timeout)
-            read_only = request.method in READ_ONLY_METHODS
-            conn = self.database.begin(deadline, read_only=read_only)
+            conn = self.database.begin(deadline, read_only=_read_only())
             setattr(state, _KEY, conn)
-            setattr(state, _READ_ONLY, read_only)
         return conn
 
     def finish(self, *, commit: bool) -> None:
@@ -54,7 +51,7 @@ class RequestTransaction:
         callbacks = state.pop(_AFTER_COMMIT, None)  # dropped on rollback and on restart()
         if conn is not None:
             # Raises if COMMIT failed: callbacks never run.
-            self.database.end(conn, commit=commit, read_only=state.pop(_READ_ONLY, False))
+            self.database.end(conn, commit=commit, read_only=_read_only())
         if commit and callbacks:
             for callback in callbacks:
                 try:
@@ -88,3 +85,8 @@ class RequestTransaction:
 
         app.after_request(commit_or_rollback)
         app.teardown_request(release)
+
+
+def _read_only() -> bool:
+    """Whether this request's transaction is READ ONLY: derived from its method, at BEGIN and at COMMIT alike."""
+    return request.method in READ_ONLY_METHODS
