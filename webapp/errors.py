@@ -71,7 +71,6 @@ class Unavailable(DomainError):
     """A dependency we need cannot serve right now (pool exhausted, database down); try again."""
 
     code = "service_unavailable"
-    retry_after = 1
 
 
 class DeadlineExceeded(DomainError):
