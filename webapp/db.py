@@ -110,10 +110,10 @@ class Database:
             raise Unavailable("database unavailable (a connection just failed or went silent); retry shortly") from exc
         except (RetryError, psycopg.OperationalError) as exc:
             cause = exc.last_error if isinstance(exc, RetryError) else exc
-            if deadline.expired():  # the server stayed silent until the watchdog cut it off
-                raise DeadlineExceeded("the database did not answer within the request's deadline") from cause
             if isinstance(cause, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
                 raise Unavailable("no database connection available (pool busy or database unreachable)") from cause
+            if deadline.expired():  # the server stayed silent until the watchdog cut it off
+                raise DeadlineExceeded("the database did not answer within the request's deadline") from cause
             raise Unavailable("database connection failed") from cause
 
     def _checkout_with_retry(self, deadline: Deadline, read_only: bool) -> psycopg.Connection[Any]:

@@ -42,9 +42,8 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (CircuitOpen, 503),
 )
 HTTP_CODES = {
-    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
-    413: "payload_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
-    431: "request_header_fields_too_large", 500: "internal_error",
+    400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+    413: "payload_too_large", 415: "unsupported_media_type", 500: "internal_error",
 }
 RETRY_AFTER_SECONDS = 1
 
