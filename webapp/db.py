@@ -18,15 +18,11 @@ import psycopg_pool
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
-from webapp.errors import DeadlineExceeded, TransientDatabaseError, Unavailable
+from webapp.errors import CommitFailed, DeadlineExceeded, TransientDatabaseError, Unavailable
 from webapp.resilience import CircuitBreaker, CircuitOpen, Deadline, RetryError, retry_with_backoff
 from webapp.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
-
-
-class CommitFailed(Exception):
-    """COMMIT did not commit; the caller must not report success."""
 
 
 class Database:

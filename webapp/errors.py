@@ -83,3 +83,7 @@ class TransientDatabaseError(DomainError):
     """Serialization failure or deadlock: the whole transaction may be retried."""
 
     code = "transient_database_error"
+
+
+class CommitFailed(Exception):
+    """COMMIT did not commit: a failure of ours (500), never a DomainError a client could cause."""

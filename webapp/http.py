@@ -14,8 +14,8 @@ from typing import Any
 from flask import Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
-from webapp.db import CommitFailed
 from webapp.errors import (
+    CommitFailed,
     Conflict,
     DeadlineExceeded,
     DomainError,

@@ -15,7 +15,7 @@ from webapp import create_app
 
 
 @pytest.fixture
-def app(database_url: str, db) -> Iterator[Flask]:  # type: ignore[no-untyped-def]
+def app(database_url: str, db) -> Iterator[Flask]:
     """The real app on the clean test database, no cache."""
     app = create_app(make_config(database_url))
     yield app

@@ -22,8 +22,8 @@ def test_two_apps_in_one_process_share_nothing(database_url, second_database, db
         # Same email, other database: no conflict, because nothing (pool, cache, state) is shared.
         assert b.post("/users", json={"name": "Ann", "email": "ann@example.org"}).status_code == 201
         assert b.post("/users", json={"name": "Bob", "email": "bob@example.org"}).status_code == 201
-        assert len(a.get("/users").json["items"]) == 1
-        assert len(b.get("/users").json["items"]) == 2
+        assert len(a.get("/users").get_json()["items"]) == 1
+        assert len(b.get("/users").get_json()["items"]) == 2
         for key in ("database", "health", "metrics"):
             assert first.extensions["webapp"][key] is not second.extensions["webapp"][key]
         assert first.extensions["webapp"]["metrics"].registry is not second.extensions["webapp"]["metrics"].registry

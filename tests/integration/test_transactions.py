@@ -6,16 +6,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, LiteralString
 
 import psycopg
 import pytest
 
-from webapp.db import CommitFailed, Database, database_breaker
+from webapp.db import CommitFailed, Database, Transaction, database_breaker
 from webapp.errors import DeadlineExceeded, Unavailable
-from webapp.resilience import CLOSED, OPEN, Deadline
+from webapp.resilience import CLOSED, HALF_OPEN, OPEN, Deadline
 from webapp.watchdog import GRACE_SECONDS
 
 INSERT_ANN = "INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')"
@@ -40,6 +42,13 @@ def one_connection(database_url: str, db) -> Iterator[Database]:
     database.pool.wait(timeout=5)
     yield database
     database.close()
+
+
+def one_row(tx: Transaction, query: LiteralString) -> tuple[Any, ...]:
+    """The single row the query returns."""
+    row = tx.execute(query).fetchone()
+    assert row is not None
+    return row
 
 
 def count_users(db: psycopg.Connection) -> int:
@@ -108,7 +117,7 @@ def test_no_session_state_outlives_a_transaction_on_its_pooled_connection(one_co
     # the deadline's statement_timeout must end with the transaction (SET LOCAL), not stay.
     server_default = db.execute("SHOW statement_timeout").fetchone()[0]  # a fresh session's value
     with one_connection.transaction(Deadline(1.5)) as tx:
-        pid, inside = tx.execute("SELECT pg_backend_pid(), current_setting('statement_timeout')").fetchone()
+        pid, inside = one_row(tx, "SELECT pg_backend_pid(), current_setting('statement_timeout')")
         tx.commit()
     assert inside != server_default
     with one_connection.pool.connection(timeout=2) as conn:  # the same session, outside any transaction
@@ -198,7 +207,7 @@ def test_connections_return_to_the_pool_idle_after_commit_and_rollback(database:
 def test_a_connection_lost_under_commit_is_unavailable_not_a_500(database: Database, db):
     with pytest.raises(Unavailable), database.transaction(Deadline(5)) as tx:
         tx.execute(INSERT_ANN)
-        pid = tx.execute("SELECT pg_backend_pid()").fetchone()[0]
+        pid = one_row(tx, "SELECT pg_backend_pid()")[0]
         # Another session kills ours, as a Postgres restart would, just before COMMIT.
         db.execute("SELECT pg_terminate_backend(%s)", (pid,))
         tx.commit()
@@ -207,11 +216,11 @@ def test_a_connection_lost_under_commit_is_unavailable_not_a_500(database: Datab
 
 def test_a_pooled_connection_that_died_is_replaced_before_the_transaction_starts(database: Database, db):
     with database.transaction(Deadline(5)) as tx:
-        dead_pid = tx.execute("SELECT pg_backend_pid()").fetchone()[0]
+        dead_pid = one_row(tx, "SELECT pg_backend_pid()")[0]
     # As a Postgres restart would: the pool still holds the connection, its server is gone.
     db.execute("SELECT pg_terminate_backend(%s)", (dead_pid,))
     with database.transaction(Deadline(5)) as tx:
-        pid, timeout = tx.execute("SELECT pg_backend_pid(), current_setting('statement_timeout')").fetchone()
+        pid, timeout = one_row(tx, "SELECT pg_backend_pid(), current_setting('statement_timeout')")
     assert pid != dead_pid
     assert timeout != "0"  # BEGIN; SET LOCAL ran on the fresh connection: the transaction is whole
     assert database.breaker.state == CLOSED  # the retry on a fresh connection answered
@@ -239,8 +248,11 @@ SILENT_DEADLINE = 0.5
 
 
 @contextlib.contextmanager
-def silenced(backend: tuple[int, int | None]) -> Iterator[None]:
-    """Stop the backend (pid, client port) for the block; it always resumes afterwards."""
+def silenced(backend: tuple[Any, ...], at_most: float = SILENT_DEADLINE + GRACE_SECONDS + 2) -> Iterator[None]:
+    """Stop the backend (pid, client port) for the block, and never for longer than at_most seconds.
+
+    at_most bounds the test when the watchdog is broken: the server answers late, the timing fails.
+    """
     pid, port = backend
     try:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
@@ -254,26 +266,37 @@ def silenced(backend: tuple[int, int | None]) -> Iterator[None]:
         os.kill(pid, signal.SIGSTOP)
     except PermissionError:
         pytest.skip("not allowed to stop the Postgres backend (run the tests as root or as postgres)")
+    resume = threading.Timer(at_most, os.kill, (pid, signal.SIGCONT))
+    resume.start()
     try:
         yield
     finally:
+        resume.cancel()
         os.kill(pid, signal.SIGCONT)
 
 
 BACKEND = "SELECT pg_backend_pid(), inet_client_port()"
+WHERE = ["mid-transaction", "at BEGIN"]
 
 
-def cut_off_mid_transaction(database: Database) -> tuple[int, float]:
-    """Silence the server under an open transaction; return its pid and how long the statement waited."""
-    with pytest.raises(DeadlineExceeded), database.transaction(Deadline(SILENT_DEADLINE)) as tx:
-        backend = tx.execute(BACKEND).fetchone()
-        with silenced(backend):
-            started = time.monotonic()
-            try:
-                tx.execute("SELECT 1")
-            finally:
-                waited = time.monotonic() - started
-    return backend[0], waited
+def cut_off(database: Database, where: str) -> tuple[int, float]:
+    """Silence the server of the pool's only connection, mid-transaction or before its BEGIN.
+
+    Returns the backend's pid and the seconds from the start of the transaction's deadline until
+    DeadlineExceeded came out of it.
+    """
+    if where == "at BEGIN":
+        with database.transaction(Deadline(5)) as tx:
+            backend = one_row(tx, BACKEND)  # the connection goes back to the pool, idle
+    with contextlib.ExitStack() as resume_afterwards:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded), database.transaction(Deadline(SILENT_DEADLINE)) as tx:
+            if where == "mid-transaction":
+                backend = one_row(tx, BACKEND)
+            resume_afterwards.enter_context(silenced(backend))
+            tx.execute("SELECT 1")  # at BEGIN: the BEGIN this statement needs first is what waits
+        elapsed = time.monotonic() - started
+    return backend[0], elapsed
 
 
 def wait_until_gone(db: psycopg.Connection, pid: int) -> None:
@@ -283,24 +306,27 @@ def wait_until_gone(db: psycopg.Connection, pid: int) -> None:
         time.sleep(0.02)
 
 
-def test_a_silent_server_is_cut_off_at_the_deadline_and_its_connection_is_never_reused(database_url: str, db):
+@pytest.mark.parametrize("where", WHERE)
+def test_a_silent_server_is_cut_off_at_the_deadline_and_its_connection_is_never_reused(
+    database_url: str, db, where: str
+):
     # reset_after=0: the breaker lets the very next call through, so this test sees only the pool.
     database = Database(database_url, min_size=1, max_size=1, timeout=2, breaker=database_breaker(reset_after=0))
     database.open()
     database.pool.wait(timeout=5)
     try:
-        pid, waited = cut_off_mid_transaction(database)
-        # Not before the deadline (Postgres gets its chance to answer first), and not much after.
-        assert SILENT_DEADLINE * 0.9 <= waited < SILENT_DEADLINE + GRACE_SECONDS + 0.5
+        pid, elapsed = cut_off(database, where)
+        # Not before deadline + grace (Postgres gets its chance to answer first), and not much after.
+        assert SILENT_DEADLINE + GRACE_SECONDS * 0.8 <= elapsed < SILENT_DEADLINE + GRACE_SECONDS + 0.5
         assert database.pool.get_stats().get("returns_bad", 0) == 1  # the pool discarded it
         with database.transaction(Deadline(5)) as tx:
-            assert tx.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+            assert one_row(tx, "SELECT pg_backend_pid()")[0] != pid
         wait_until_gone(db, pid)  # resumed, the backend finds its client gone and exits
     finally:
         database.close()
 
 
-@pytest.mark.parametrize("where", ["mid-transaction", "at BEGIN"])
+@pytest.mark.parametrize("where", WHERE)
 def test_a_silent_server_opens_the_breaker_until_reset_after_then_a_trial_closes_it(
     database_url: str, db, where: str
 ):
@@ -313,15 +339,7 @@ def test_a_silent_server_opens_the_breaker_until_reset_after_then_a_trial_closes
     database.open()
     database.pool.wait(timeout=5)
     try:
-        if where == "mid-transaction":
-            cut_off_mid_transaction(database)
-        else:
-            # The idle pooled connection's server goes silent between transactions: BEGIN waits.
-            with database.transaction(Deadline(5)) as tx:
-                backend = tx.execute(BACKEND).fetchone()
-            with silenced(backend), pytest.raises(DeadlineExceeded), \
-                    database.transaction(Deadline(SILENT_DEADLINE)) as tx:
-                tx.execute("SELECT 1")
+        cut_off(database, where)
         cut_at = time.monotonic()
         assert database.breaker.state == OPEN
         # Open: the next request fails at once instead of waiting out its deadline on a dead server.
@@ -339,6 +357,6 @@ def test_a_silent_server_opens_the_breaker_until_reset_after_then_a_trial_closes
                 time.sleep(0.02)
         assert time.monotonic() - cut_at >= reset_after * 0.9
         assert database.breaker.state == CLOSED
-        assert moves == [OPEN, "half_open", CLOSED]
+        assert moves == [OPEN, HALF_OPEN, CLOSED]
     finally:
         database.close()
