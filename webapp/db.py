@@ -104,8 +104,8 @@ class Database:
             return self.breaker.call(self._checkout_with_retry, deadline, read_only)
         except CircuitOpen as exc:
             raise Unavailable("database unavailable (a connection just failed or went silent); retry shortly") from exc
-        except (RetryError, psycopg.OperationalError) as exc:
-            cause = exc.last_error if isinstance(exc, RetryError) else exc
+        except psycopg.OperationalError as exc:
+            cause = exc
             if isinstance(cause, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
                 raise Unavailable("no database connection available (pool busy or database unreachable)") from cause
             if deadline.expired():  # the server stayed silent until the watchdog cut it off
@@ -115,10 +115,13 @@ class Database:
     def _checkout_with_retry(self, deadline: Deadline, read_only: bool) -> psycopg.Connection[Any]:
         # Retrying is safe only here: BEGIN is the first statement, so no work was done yet.
         # A connection that died with a Postgres restart fails on BEGIN; the next one is fresh.
-        return retry_with_backoff(
-            lambda: self._begin(deadline, read_only),
-            attempts=3, base=0.01, max_delay=0.2, deadline=deadline, retry_on=is_connection_failure,
-        )
+        try:
+            return retry_with_backoff(
+                lambda: self._begin(deadline, read_only),
+                attempts=3, base=0.01, max_delay=0.2, deadline=deadline, retry_on=is_broken_connection,
+            )
+        except RetryError as exc:
+            raise exc.last_error from exc  # the breaker judges the last error, not the wrapper
 
     def _begin(self, deadline: Deadline, read_only: bool) -> psycopg.Connection[Any]:
         if deadline.expired():
@@ -126,7 +129,7 @@ class Database:
         conn = self.pool.getconn(timeout=deadline.bound(self.checkout_timeout))
         self.watchdog.arm(conn, conn.pgconn.socket, deadline.remaining())
         try:
-            conn.execute(begin_statement(deadline, read_only))
+            _exec(conn, begin_statement(deadline, read_only))
         except BaseException:
             self.release(conn)
             raise
@@ -136,6 +139,7 @@ class Database:
         """Give conn back to the pool; one the watchdog cut is closed first, so it is never reused."""
         if self.watchdog.disarm(conn):
             conn.close()
+            self.breaker.record_failure()  # silent past a whole deadline: the next requests fail fast
         self.pool.putconn(conn)  # the pool discards a closed or broken connection
 
 
@@ -186,7 +190,7 @@ class Transaction:
             return
         try:
             if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
-                conn.rollback()
+                _exec(conn, b"ROLLBACK")
         except psycopg.Error:
             log.warning("rollback failed; connection discarded")  # the pool sees it is broken
         finally:
@@ -234,21 +238,33 @@ def begin_statement(deadline: Deadline, read_only: bool) -> bytes:
     return mode + b"; SET LOCAL statement_timeout = %d" % budget_ms
 
 
-def database_breaker(threshold: int = 1, reset_after: float = 1.0, **kwargs: Any) -> CircuitBreaker:
-    """The breaker in front of checkout: only a failed or silent connection counts, never a busy pool.
+def database_breaker(threshold: int = 1, reset_after: float = 5.0, **kwargs: Any) -> CircuitBreaker:
+    """The breaker in front of checkout: a connection that failed, went silent or could not be had.
 
-    One failure opens it: a connection refused or a server silent past a whole deadline is no
-    blip, and every request queued behind it would wait the same deadline for the same answer.
+    One failure opens it: a server silent past a whole deadline, or a pool that could not hand
+    out a connection within DB_POOL_TIMEOUT, is no blip, and every request queued behind it
+    would wait as long for the same answer. While open, requests get 503 at once; after
+    reset_after one call (often a readiness probe, bounded by HEALTH_TIMEOUT) is the trial.
     """
     return CircuitBreaker("database", threshold=threshold, reset_after=reset_after,
                           is_failure=is_connection_failure, **kwargs)
 
 
-def is_connection_failure(exc: BaseException) -> bool:
-    """A connection that failed or stayed silent (worth another one), not a full pool (a retry would only queue)."""
+def is_broken_connection(exc: BaseException) -> bool:
+    """A connection that failed (worth trying another), not a pool that is empty or full."""
     return isinstance(exc, psycopg.OperationalError) and not isinstance(
         exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests
     )
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """What opens the database breaker: a broken or silent connection, or none to be had in time.
+
+    A checkout that times out counts: a sync worker runs one request at a time, so its pool's
+    only other user is a health check, and a wait of DB_POOL_TIMEOUT means Postgres cannot be
+    reached. A full queue (TooManyRequests) does not: that is load, answered 503 at once anyway.
+    """
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg_pool.TooManyRequests)
 
 
 def domain_error(exc: psycopg.Error) -> Exception | None:
@@ -261,3 +277,9 @@ def domain_error(exc: psycopg.Error) -> Exception | None:
         return Unavailable("database connection lost")
     return None
 
+
+
+def _exec(conn: psycopg.Connection[Any], command: bytes) -> None:
+    result = conn.pgconn.exec_(command)
+    if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+        raise psycopg.OperationalError(result.error_message.decode(errors="replace"))

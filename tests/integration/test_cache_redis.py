@@ -19,8 +19,8 @@ import pytest
 from tests.conftest import make_config
 from tests.redis_server import RedisServer
 from webapp.cache import UNHEALTHY, NoCache, RedisUserCache, cache_from_config, redis_client
-from webapp.db import CommitFailed, Database
-from webapp.errors import EmailTaken
+from webapp.db import Database
+from webapp.errors import CommitFailed, EmailTaken
 from webapp.models import User
 from webapp.repositories import OrderRepository, UserRepository
 from webapp.resilience import CLOSED, OPEN, CircuitBreaker, Deadline

@@ -15,8 +15,8 @@ from typing import Any, LiteralString
 import psycopg
 import pytest
 
-from webapp.db import CommitFailed, Database, Transaction, database_breaker
-from webapp.errors import DeadlineExceeded, Unavailable
+from webapp.db import Database, Transaction, database_breaker
+from webapp.errors import CommitFailed, DeadlineExceeded, Unavailable
 from webapp.resilience import CLOSED, HALF_OPEN, OPEN, Deadline
 from webapp.watchdog import GRACE_SECONDS
 
