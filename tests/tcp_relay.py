@@ -13,6 +13,7 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -140,10 +141,8 @@ class TcpRelay:
     # --- the loop --------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        try:
+        with suppress(BlockingIOError):  # already full of wake-ups: the loop wakes anyway
             self._wake_send.send(b"x")
-        except BlockingIOError:
-            pass  # already full of wake-ups: the loop will wake anyway
 
     def _loop(self) -> None:
         while True:
@@ -163,11 +162,9 @@ class TcpRelay:
                         self._handle(key.fileobj, mask)  # type: ignore[arg-type]
 
     def _drain_wakeups(self) -> None:
-        try:
+        with suppress(BlockingIOError):
             while self._wake_recv.recv(4096):
                 pass
-        except BlockingIOError:
-            pass
 
     def _register_interest(self) -> None:
         """(Re)register every socket for what it may do now: nothing at all while frozen."""
@@ -269,10 +266,8 @@ class TcpRelay:
 
     def _drop(self, link: _Link) -> None:
         for sock in link.sockets():
-            try:
+            with suppress(KeyError):  # not registered: it had nothing to do this round
                 self._selector.unregister(sock)
-            except (KeyError, ValueError):
-                pass  # was not registered (nothing to do for it this round)
         self._close_link(link)
         self._links.remove(link)
 
