@@ -17,6 +17,7 @@ import psycopg
 from bench.faultenv import LOAD_PRODUCT, USERS, FaultEnv, Timing, Verdict, tally
 from bench.load import Load, Outcome, RequestSpec, count, send
 from bench.servers import Gunicorn, http_get
+from tests.tcp_relay import TcpRelay, relayed_url  # the relay tests/functional uses too
 
 USER_ROUTE = "/users/<id:user_id>"
 
@@ -408,8 +409,6 @@ def readyz(_n: int) -> RequestSpec:
 def database_link_frozen_under_load(env: FaultEnv) -> Verdict:
     """The link to Postgres silent (no RST, no FIN) for a while: every answer within the deadline + grace,
     /readyz 503 within HEALTH_TIMEOUT, no worker killed, recovery by itself, nothing left open, no 201 lost."""
-    from tests.tcp_relay import TcpRelay, relayed_url  # the relay the functional test uses too
-
     v = Verdict("database_link_frozen_under_load")
     t = env.timing
     with TcpRelay(("127.0.0.1", env.pg.port)) as relay:
