@@ -183,10 +183,10 @@ class TcpRelay:
                 continue
             if sock not in wanted:
                 self._selector.unregister(sock)
-            elif key.events != wanted[sock]:  # type: ignore[index]
-                self._selector.modify(sock, wanted.pop(sock))  # type: ignore[arg-type]
+            elif key.events != wanted[sock]:
+                self._selector.modify(sock, wanted.pop(sock))
             else:
-                wanted.pop(sock)  # type: ignore[call-overload]
+                wanted.pop(sock)
         for sock, events in wanted.items():
             self._selector.register(sock, events)
 
