@@ -463,6 +463,7 @@ def _check_link_frozen(
         "server_max_s": round(max(durations, default=0.0), 2),
         "readyz_during": {**tally(probes_during), "p50_ms": _p50_ms(probes_during),
                           "max_ms": round(max((o.elapsed for o in probes_during), default=0.0) * 1000, 1)},
+        "readyz_settled_ms": sorted(round(o.elapsed * 1000) for o in settled),
         "recovered_after_s": recovered_at and round(recovered_at - thaw_at, 2),
         "idle_in_transaction": (idle := _idle_in_transaction(env.database_url)),
         "created_201": len(created),
