@@ -29,8 +29,10 @@ pytestmark = pytest.mark.slow
 REQUEST_TIMEOUT = 2.0
 HEALTH_TIMEOUT = 1.0
 GRACE = 0.5  # past the deadline, how long the app may wait for the database's own answer
-# What a client's clock adds to the server's: loopback connect and send, a worker picking the
-# request up from the listen backlog, JSON and logging on a 2-core machine shared with other jobs.
+# Measurement slack: a watchdog wakes a little after its cut-off time, and a 504 or 503 still has
+# to be rendered and logged; a probe's own check has 0.1 s of thread start-up (HealthService), and
+# the client's clock adds loopback connect/send/accept. All on a 2-core machine shared with other
+# jobs: a scheduling hiccup of 0.1-0.2 s is routine there, one of a whole second is not.
 SLACK = 0.35
 FREEZE_SECONDS = 6.0
 # Below the freeze: a worker stuck for the whole freeze is killed by gunicorn (and the test sees
@@ -165,8 +167,8 @@ def frozen_run(server_url: str) -> Iterator[Run]:
                 return all(any(succeeded(o) and o.started >= thaw_at for o in x.snapshot()) for x in loads.values())
 
             recovered_at = time.monotonic() if wait_for(recovered, RECOVERY_SECONDS) else None
-            if recovered_at is not None:  # a second of steady traffic: recovery must last
-                wait_for(lambda: False, 1.0)
+            if recovered_at is not None:
+                time.sleep(1.0)  # a second of steady traffic: the recovery must last
         finally:
             outcomes = {kind: load.stop() for kind, load in loads.items()}
         yield Run(outcomes, freeze_at, thaw_at, recovered_at, server, workers_before,
