@@ -57,7 +57,9 @@ class TcpRelay:
     a SIGSTOPped Postgres or a PgBouncer PAUSE looks like from the client: the bytes it sends sit
     in kernel buffers, the TCP receive window fills, and then its own send() blocks too; nothing
     ever comes back and the connection never closes. A relay that kept reading would instead
-    accept unlimited data from the client, a behaviour no frozen peer has.
+    accept unlimited data from the client, a behaviour no frozen peer has. New connections still
+    complete their TCP handshake (the kernel queues them in the listen backlog, as for a stopped
+    Postgres; a frozen VM would not even answer the SYN), but their startup gets no answer.
 
     Thawing resumes reading: everything held in the kernels' buffers (and the few bytes the relay
     had read but not yet written) is delivered, in order. That is what a resumed VM does, TCP being
@@ -75,6 +77,7 @@ class TcpRelay:
         # Wakes the loop out of select() when the test freezes, thaws or closes.
         self._wake_recv, self._wake_send = socket.socketpair()
         self._wake_recv.setblocking(False)
+        self._wake_send.setblocking(False)
         self._selector.register(self._wake_recv, selectors.EVENT_READ)
         # Held by the loop while it does I/O, and by freeze(): once freeze() returns, nothing moves.
         self._lock = threading.Lock()
