@@ -105,6 +105,22 @@ class MappingEnv(environs.Env):
         return {}
 
 
+def config_variables() -> list[str]:
+    """The name of every variable load_config reads, in its order (for `webapp <command> --help`)."""
+    asked: list[str] = []
+
+    class Recorder(dict[str, str]):
+        def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+            asked.append(key)
+            return default
+
+    try:
+        load_config(Recorder())
+    except ConfigError:  # DATABASE_URL is missing, of course
+        pass
+    return asked
+
+
 def with_dotenv(environ: Mapping[str, str]) -> dict[str, str]:
     """environ plus the variables of a .env file it does not set: the one .env rule of every entry point.
 
