@@ -98,8 +98,9 @@ def _check(database_url: str, stderr: TextIO) -> int:
         with psycopg.connect(database_url, connect_timeout=5) as conn:
             version = conn.execute("SHOW server_version").fetchone()
     except psycopg.Error as exc:
-        detail = mask_url(str(exc).strip().splitlines()[0].removeprefix("connection failed: ") if str(exc).strip() else "")
-        print(f"error: cannot connect to {mask_url(database_url)}: {connection_failure(exc)} ({detail})", file=stderr)
+        first_line = (str(exc).strip().splitlines() or [""])[0].removeprefix("connection failed: ")
+        reason = f"{connection_failure(exc)} ({mask_url(first_line)})"
+        print(f"error: cannot connect to {mask_url(database_url)}: {reason}", file=stderr)
         return 1
     server_version = version[0] if version else "?"
     log.info("configuration ok", extra={"database": mask_url(database_url), "server_version": server_version})

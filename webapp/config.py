@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -12,8 +13,8 @@ from urllib.parse import urlsplit
 import click
 import dotenv
 import environs
-from marshmallow.validate import OneOf, Range
 import psycopg
+from marshmallow.validate import OneOf, Range
 from psycopg.conninfo import conninfo_to_dict
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -114,10 +115,8 @@ def config_variables() -> list[str]:
             asked.append(key)
             return default
 
-    try:
+    with contextlib.suppress(ConfigError):  # DATABASE_URL is missing, of course
         load_config(Recorder())
-    except ConfigError:  # DATABASE_URL is missing, of course
-        pass
     return asked
 
 

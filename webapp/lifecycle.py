@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import time
 import traceback
 from typing import Any, NoReturn
@@ -26,7 +25,7 @@ from gunicorn.glogging import Logger
 
 from webapp.config import ConfigError, load_config
 from webapp.http import account_request, error_response
-from webapp.workers import WORKER_LAG_SECONDS, app_parts, refuse_new_connections
+from webapp.workers import app_parts, refuse_new_connections
 
 log = logging.getLogger("webapp.lifecycle")
 

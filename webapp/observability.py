@@ -172,7 +172,8 @@ def gunicorn_logconfig(level: str, log_format: str = "json") -> dict[str, Any]:
     gunicorn's loggers propagate to the root handler, which is named like configure_logging's,
     so a worker's create_app replaces it instead of printing every line twice.
     """
-    name, factory = (CONSOLE_HANDLER_NAME, "console_handler") if log_format == "console" else (HANDLER_NAME, "json_handler")
+    console = log_format == "console"
+    name, factory = (CONSOLE_HANDLER_NAME, "console_handler") if console else (HANDLER_NAME, "json_handler")
     return {
         "version": 1,
         "disable_existing_loggers": False,

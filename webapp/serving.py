@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from marshmallow.validate import OneOf, Range
 
@@ -42,7 +43,7 @@ class ServerSettings:
 def load_server_settings(environ: Mapping[str, str], *, cpus: int) -> ServerSettings:
     """Read and check gunicorn's variables; raise ConfigError naming every bad one (never a traceback)."""
     env = MappingEnv(environ)
-    values = dict(
+    values: dict[str, Any] = dict(
         bind_host=env.str("BIND_HOST", "0.0.0.0"),  # all interfaces, as a platform's router needs
         port=env.int("PORT", 8000, validate=Range(1, 65535)),
         # Sync workers wait on Postgres, so more workers than cores.
@@ -90,9 +91,9 @@ def stop_window_problems(*, timeout: int, graceful_timeout: int, drain_seconds: 
     return problems
 
 
-def usable_cpus(root: Path = Path("/")) -> int:
+def usable_cpus(root: Path = Path("/"), affinity: int | None = None) -> int:
     """CPUs this process may use: its affinity, capped by a cgroup CPU quota (a container's --cpus, limits.cpu)."""
-    affinity = len(os.sched_getaffinity(0))
+    affinity = affinity or len(os.sched_getaffinity(0))
     quota = cgroup_cpu_quota(root)
     # Trap: sched_getaffinity does not see a CFS quota, so a 1-CPU container on a 32-core node
     # would otherwise start 65 workers, all throttled.
@@ -111,14 +112,18 @@ def cgroup_cpu_quota(root: Path = Path("/")) -> float | None:
     except OSError:
         return None
     mounts = root / "sys/fs/cgroup"
+    entries: dict[str, str] = {}
     for line in lines:
         _hierarchy, controllers, path = line.split(":", 2)
-        if controllers == "":  # cgroup v2: "0::/path"
-            return _smallest_quota(mounts, path, _v2_quota)
-        if "cpu" in controllers.split(","):  # cgroup v1: "4:cpu,cpuacct:/path"
+        entries[controllers] = path
+    # cgroup v1 ("4:cpu,cpuacct:/path") first: a hybrid host also lists "0::/path", without the cpu controller.
+    for controllers, path in entries.items():
+        if "cpu" in controllers.split(","):
             for mount in (mounts / controllers, mounts / "cpu,cpuacct", mounts / "cpu"):
                 if mount.is_dir():
                     return _smallest_quota(mount, path, _v1_quota)
+    if "" in entries:  # cgroup v2: "0::/path"
+        return _smallest_quota(mounts, entries[""], _v2_quota)
     return None
 
 

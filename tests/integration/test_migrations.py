@@ -75,7 +75,9 @@ def test_a_failure_after_earlier_runs_keeps_what_they_committed_and_adds_nothing
         migrate(empty_database, tmp_path)
     with psycopg.connect(empty_database) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
-        columns = [r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name='a'")]
+        columns = [r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'a'"
+        )]
         has_b = conn.execute("SELECT to_regclass('b') IS NOT NULL").fetchone()
     assert versions == ["0001_ok.sql"] and columns == ["id"] and has_b == (False,)
 
