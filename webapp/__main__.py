@@ -60,6 +60,10 @@ def main(argv: Sequence[str], environ: Mapping[str, str], stderr: TextIO = sys.s
     args = parser().parse_args(argv)
     if args.command == "dev":  # it may make the DATABASE_URL the others need, so it runs first
         from webapp.devserver import run_dev
+        from webapp.observability import configure_logging
+
+        # Before the embedded Postgres is imported: its warnings become log lines too.
+        configure_logging("info", log_format="console" if environ.get("LOG_FORMAT") == "console" else "json")
 
         return run_dev(environ, stderr)
     try:
