@@ -30,7 +30,7 @@ RUFF := $(VENV)/bin/ruff check --line-length 120 --target-version py311 --select
 
 lint: install
 	$(RUFF) webapp tests bench gunicorn.conf.py
-	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy webapp tests bench
 
 # Benchmarks and the fault suite need wrk; install it from Debian's packages when missing.
 /usr/bin/wrk:

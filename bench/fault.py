@@ -21,6 +21,7 @@ SCENARIOS: dict[str, Callable[[FaultEnv], Verdict]] = {
     "sighup": s.sighup_under_load,
     "sigterm": s.sigterm_under_load,
     "postgres_restart": s.postgres_restart_under_load,
+    "database_link_frozen": s.database_link_frozen_under_load,
     "redis_killed": s.redis_killed_under_load,
     "worker_killed": s.worker_killed_under_load,
     "oversell": s.concurrent_orders_never_oversell,

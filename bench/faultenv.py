@@ -181,10 +181,11 @@ class Timing:
     after: float  # load after the fault (or after recovery)
     pg_down: float  # how long Postgres stays down
     threads: int
+    link_frozen: float  # how long the link to Postgres stays silent
 
 
-SHORT = Timing(before=1.0, after=1.5, pg_down=3.0, threads=6)
-FULL = Timing(before=2.0, after=4.0, pg_down=6.0, threads=8)
+SHORT = Timing(before=1.0, after=1.5, pg_down=3.0, threads=6, link_frozen=6.0)
+FULL = Timing(before=2.0, after=4.0, pg_down=6.0, threads=8, link_frozen=15.0)
 
 
 @dataclass

@@ -77,7 +77,11 @@ def send(port: int, spec: RequestSpec, timeout: float) -> Outcome:
 
 
 class Load:
-    """`threads` closed-loop clients until stop(), or `seconds`, or `max_requests`, whichever is first."""
+    """`threads` closed-loop clients until stop(), or `seconds`, or `max_requests`, whichever is first.
+
+    With `pace`, each thread starts a request at most every `pace` seconds (a client polling on a
+    timer); after a slow answer it sends the next one at once, without a burst to catch up.
+    """
 
     def __init__(
         self,
@@ -88,8 +92,10 @@ class Load:
         seconds: float = 60,
         max_requests: int = 200_000,
         timeout: float = 10.0,
+        pace: float | None = None,
     ):
         self.port = port
+        self.pace = pace
         self.make = make
         self.timeout = timeout
         self.outcomes: list[Outcome] = []
@@ -114,12 +120,21 @@ class Load:
             return self._count
 
     def _run(self) -> None:
+        next_at = time.monotonic()
         while (n := self._next()) is not None:
             outcome = send(self.port, self.make(n), self.timeout)
             with self._lock:
                 self.outcomes.append(outcome)
-            if outcome.kind == "refused":
+            if self.pace:
+                next_at = max(next_at + self.pace, time.monotonic())
+                self._stop.wait(next_at - time.monotonic())
+            elif outcome.kind == "refused":
                 time.sleep(0.01)  # nobody listening: do not spin
+
+    def snapshot(self) -> list[Outcome]:
+        """The outcomes so far, in start order, while the load goes on (for polling)."""
+        with self._lock:
+            return sorted(self.outcomes, key=lambda o: o.started)
 
     def start(self) -> Load:
         for thread in self._threads:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import signal
@@ -16,6 +17,7 @@ import psycopg
 from bench.faultenv import LOAD_PRODUCT, USERS, FaultEnv, Timing, Verdict, tally
 from bench.load import Load, Outcome, RequestSpec, count, send
 from bench.servers import Gunicorn, http_get
+from tests.tcp_relay import TcpRelay, relayed_url  # the relay tests/functional uses too
 
 USER_ROUTE = "/users/<id:user_id>"
 
@@ -382,3 +384,157 @@ def _scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> int:
     row = conn.execute(query, params).fetchone()
     assert row is not None
     return int(row[0])
+
+
+# --- the database link frozen (issue 12) ----------------------------------------------------
+
+LINK_TIMEOUT = 3.0  # REQUEST_TIMEOUT for this scenario
+LINK_HEALTH_TIMEOUT = 1.0
+LINK_GRACE = 0.5  # past the deadline, how long the app may still wait for the database's answer
+LINK_SLACK = 0.35  # what the client's clock adds: loopback, the accept queue, a busy 2-core host
+LINK_RECOVERY = 5.0
+
+
+def mixed_writes(n: int) -> RequestSpec:
+    """GET a user, place an order, or register a user (one in four): reads and both kinds of write."""
+    if n % 4 == 1:
+        return ("POST", "/users", {"name": "Frozen", "email": f"frozen-{time.time_ns()}-{n}@example.org"})
+    return get_or_order(n)
+
+
+def readyz(_n: int) -> RequestSpec:
+    return ("GET", "/readyz", None)
+
+
+def database_link_frozen_under_load(env: FaultEnv) -> Verdict:
+    """The link to Postgres silent (no RST, no FIN) for a while: every answer within the deadline + grace,
+    /readyz 503 within HEALTH_TIMEOUT, no worker killed, recovery by itself, nothing left open, no 201 lost."""
+    v = Verdict("database_link_frozen_under_load")
+    t = env.timing
+    with TcpRelay(("127.0.0.1", env.pg.port)) as relay:
+        service = env.service(
+            "database_link_frozen", DATABASE_URL=relayed_url(env.database_url, relay),
+            REQUEST_TIMEOUT=str(LINK_TIMEOUT), HEALTH_TIMEOUT=str(LINK_HEALTH_TIMEOUT),
+        )
+        with service:
+            workers, load = _under_load(service, t, mixed_writes, seconds=60, timeout=t.link_frozen + 10)
+            probe = Load(service.port, readyz, threads=1, seconds=60, timeout=t.link_frozen + 10, pace=0.25).start()
+            _poll(lambda: count(probe.snapshot(), lambda o: o.status == 200) >= 2, 10)
+            freeze_at = time.monotonic()
+            relay.freeze()
+            time.sleep(t.link_frozen)  # the fault itself lasts this long
+            thaw_at = time.monotonic()
+            relay.thaw()
+            recovered = _poll(lambda: _succeeded_since(load, thaw_at) and _succeeded_since(probe, thaw_at), 15)
+            recovered_at = time.monotonic() if recovered else None
+            time.sleep(t.after)
+            outcomes, probes = load.stop(), probe.stop()
+            replaced = len(workers - set(service.worker_pids()))
+        log = service.log_path.read_text() if service.log_path else ""
+    _check_link_frozen(v, env, service.workers, outcomes, probes, log, freeze_at, thaw_at, recovered_at)
+    v.numbers["workers_replaced"] = replaced
+    v.expect(replaced == 0 and "WORKER TIMEOUT" not in log, "no worker reached gunicorn's timeout")
+    return v
+
+
+def _check_link_frozen(
+    v: Verdict, env: FaultEnv, workers: int, outcomes: list[Outcome], probes: list[Outcome], log: str,
+    freeze_at: float, thaw_at: float, recovered_at: float | None,
+) -> None:
+    """The contract clauses of database_link_frozen_under_load, and its printed numbers."""
+    limit = LINK_TIMEOUT + LINK_GRACE
+    during = [o for o in outcomes if o.started < thaw_at and o.ended > freeze_at]  # caught by the freeze
+    durations = _server_durations(log)
+    settled = [o for o in probes if freeze_at + limit + LINK_SLACK <= o.started and o.ended < thaw_at]
+    probes_during = [o for o in probes if o.started < thaw_at and o.ended > freeze_at]
+    created = [o.json() for o in outcomes if o.kind == "response" and o.status == 201]
+    orders = [c["id"] for c in created if "items" in c]  # the rest are users
+    stored_orders, sold = _orders_stored(env.database_url, orders)
+    stored_users = _users_stored(env.database_url, [c["id"] for c in created if "items" not in c])
+    # At the client, a request may first wait in the accept queue behind requests stuck in every
+    # worker: with C clients on W workers, at most ceil((C - W) / W) rounds of them.
+    clients = env.timing.threads + 1  # and the readiness probe
+    client_limit = (1 + -(-(clients - workers) // workers)) * limit + LINK_SLACK
+    v.numbers = {
+        **tally(outcomes),
+        "during_freeze": tally(during),
+        "freeze_s": round(thaw_at - freeze_at, 2),
+        "max_latency_during_s": round(max((o.elapsed for o in during), default=0.0), 2),
+        "server_max_s": round(max(durations, default=0.0), 2),
+        "readyz_during": {**tally(probes_during), "p50_ms": _p50_ms(probes_during),
+                          "max_ms": round(max((o.elapsed for o in probes_during), default=0.0) * 1000, 1)},
+        "readyz_settled": {"probes": len(settled), "p50_ms": _p50_ms(settled),
+                           "max_ms": round(max((o.elapsed for o in settled), default=0.0) * 1000, 1)},
+        "recovered_after_s": recovered_at and round(recovered_at - thaw_at, 2),
+        "idle_in_transaction": (idle := _idle_in_transaction(env.database_url)),
+        "created_201": len(created),
+        "stored_201": stored_orders + stored_users,
+    }
+    v.expect(bool(durations) and max(durations) <= limit + LINK_SLACK,
+             f"no request ran longer than REQUEST_TIMEOUT + grace ({limit} s) in a worker")
+    v.expect(max(o.elapsed for o in outcomes + probes) <= client_limit,
+             f"no answer reached a client later than {client_limit:.2f} s (queue + deadline + grace)")
+    v.expect(all(o.kind == "response" for o in outcomes + probes), "every request got an answer (none dropped)")
+    v.expect(any(failed(o) for o in during) and all(_is_json_error(o, (503, 504)) for o in outcomes if failed(o)),
+             "requests caught by the freeze fail, and every failure is a JSON 503 or 504")
+    v.expect(len(settled) >= 3 and all(o.status == 503 for o in settled)
+             and max(o.elapsed for o in settled) <= LINK_HEALTH_TIMEOUT + LINK_SLACK,
+             f"/readyz answers 503 within HEALTH_TIMEOUT ({LINK_HEALTH_TIMEOUT} s) during the freeze")
+    v.expect(recovered_at is not None and recovered_at - thaw_at <= LINK_RECOVERY,
+             f"/readyz and requests succeed again within {LINK_RECOVERY} s of the thaw")
+    v.expect(recovered_at is not None and all(not failed(o) for o in outcomes + probes
+                                              if o.started >= recovered_at + 0.5), "and keep succeeding")
+    v.expect(idle == 0, "no session left idle in transaction")
+    v.expect(stored_orders + stored_users == len(created), "every 201 is stored, once")
+    v.expect(sold[0] == sold[1], "stock sold equals the quantities in stored orders")
+
+
+def _poll(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _succeeded_since(load: Load, since: float) -> bool:
+    return any(o.started >= since and not failed(o) for o in load.snapshot())
+
+
+def _is_json_error(o: Outcome, statuses: tuple[int, ...]) -> bool:
+    if o.kind != "response" or o.status not in statuses:
+        return False
+    try:
+        return "code" in o.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _server_durations(log: str) -> list[float]:
+    """Seconds each logged request spent in a worker (the request lines of the service's JSON log)."""
+    durations = []
+    for line in log.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # not every line on stderr is ours
+        if isinstance(record, dict) and record.get("message") == "request":
+            durations.append(float(record["duration_ms"]) / 1000)
+    return durations
+
+
+def _idle_in_transaction(url: str, timeout: float = 3.0) -> int:
+    """Sessions of the app left idle in a transaction, once the dropped ones have had time to end."""
+    def idle() -> int:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            return _scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND application_name = 'webapp' AND state LIKE %s", "idle in transaction%")
+
+    _poll(lambda: idle() == 0, timeout)
+    return idle()
+
+
+def _users_stored(url: str, user_ids: list[int]) -> int:
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        return _scalar(conn, "SELECT count(*) FROM users WHERE id = ANY(%s)", user_ids)

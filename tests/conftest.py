@@ -50,7 +50,7 @@ def scratch_database(server_url: str, prefix: str, *, migrated: bool = True) -> 
     """A database of its own on the server (migrated unless told otherwise), dropped at the end."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        admin.execute(f'CREATE DATABASE "{name}"')
     url = _with_database(server_url, name)
     try:
         if migrated:
@@ -58,7 +58,7 @@ def scratch_database(server_url: str, prefix: str, *, migrated: bool = True) -> 
         yield url
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +87,7 @@ def apps() -> Iterator[list[Flask]]:
 def db(database_url: str) -> Iterator[psycopg.Connection]:
     """An autocommit connection to the clean test database, for arranging and asserting."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")  # type: ignore[arg-type]
+        conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
         yield conn
 
 

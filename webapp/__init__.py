@@ -3,88 +3,97 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from flask import Flask
 
-from webapp import http
+from webapp import pipeline
 from webapp.blueprints.health import health_blueprint
 from webapp.blueprints.meta import meta_blueprint
 from webapp.blueprints.metrics import metrics_blueprint
 from webapp.blueprints.orders import orders_blueprint
 from webapp.blueprints.products import products_blueprint
 from webapp.blueprints.users import users_blueprint
-from webapp.cache import RedisUserCache, redis_client
+from webapp.cache import cache_from_config
 from webapp.config import Config, load_config
 from webapp.converters import IdConverter
-from webapp.db import Database
-from webapp.observability import Metrics, RequestLog, configure_logging
+from webapp.db import Database, database_breaker
+from webapp.http import errors_to_http
+from webapp.json_provider import OrjsonProvider
+from webapp.observability import Metrics, configure_logging
 from webapp.repositories import IdempotencyRepository, OrderRepository, ProductRepository, UserRepository
-from webapp.resilience import CircuitBreaker
 from webapp.services import OrderService, ProductService, UserService
 from webapp.services.health import HealthService
-from webapp.services.ports import NoCache, UserCache
-from webapp.transaction import RequestTransaction
+from webapp.services.ports import UserCache
+from webapp.unit_of_work import PostgresUnitOfWork
 
 __all__ = ["create_app"]
 
 
-def create_app(config: Config | None = None, **overrides: Any) -> Flask:
-    """Build the app. Every dependency is made here and handed down; tests override any by name.
+def create_app(
+    config: Config | None = None,
+    *,
+    database: Database | None = None,
+    cache: UserCache | None = None,
+    metrics: Metrics | None = None,
+) -> Flask:
+    """Build the app: every dependency is made here and handed down (tests may pass their own).
 
-    Overrides: database, cache, metrics, user_service, product_service, order_service, health.
-    Gunicorn calls this in each worker after fork (no preload_app), so nothing here may
-    connect eagerly: the pool starts its connections in the background.
+    Gunicorn calls this in each worker after fork (no preload_app), so nothing here waits on
+    the network: the pool connects in the background, the cache on first use.
     """
-    # 1. Configuration: validated once, then frozen.
+    # 1. Configuration: validated once, then frozen. Logging and metrics before anything logs.
     config = config or load_config()
     configure_logging(config.log_level)
-    metrics: Metrics = overrides.get("metrics") or Metrics(config.metrics_multiproc_dir)
-    request_log = RequestLog(logging.getLogger("webapp.http"))
+    metrics = metrics or Metrics(config.metrics_multiproc_dir)
 
-    # 2. Infrastructure: the Postgres pool and the optional Redis cache behind its breaker.
-    database: Database = overrides.get("database") or Database(
+    # 2. Infrastructure: the Postgres pool (its breaker fails fast while Postgres is silent or
+    #    gone), and the optional Redis cache behind a breaker of its own.
+    database = database or Database(
         config.database_url,
         min_size=config.db_pool_min,
         max_size=config.db_pool_max,
         timeout=config.db_pool_timeout,
         max_waiting=config.db_pool_max_waiting,
-        statement_timeout=config.request_timeout,
+        prepared_statements=config.db_prepared_statements,
+        breaker=database_breaker(reset_after=config.db_breaker_reset_after, on_transition=metrics.breaker_moved),
     )
     database.open()
     metrics.watch_pool(database.stats)
-    cache: UserCache = overrides.get("cache") or _user_cache(config, metrics)
+    cache = cache or cache_from_config(config, on_breaker_transition=metrics.breaker_moved)
 
-    # 3. Repositories, all on the request's lazily-begun transaction.
-    transaction = RequestTransaction(database, default_timeout=config.request_timeout)
-    users = UserRepository(transaction.connection)
-    products = ProductRepository(transaction.connection)
-    orders = OrderRepository(transaction.connection)
-    idempotency_keys = IdempotencyRepository(transaction.connection)
+    # 3. The unit of work (one transaction, bounded by the request's deadline) and the
+    #    repositories that run their SQL in it.
+    uow = PostgresUnitOfWork(database, deadline=pipeline.current_deadline)
+    users = UserRepository(uow.current)
+    products = ProductRepository(uow.current)
+    orders = OrderRepository(uow.current)
+    idempotency_keys = IdempotencyRepository(uow.current)
 
-    # 4. Services: business rules, given exactly the repositories they use.
-    user_service = overrides.get("user_service") or UserService(users, orders, cache, transaction)
-    product_service = overrides.get("product_service") or ProductService(products)
-    order_service = overrides.get("order_service") or OrderService(
-        transaction, users, products, orders, idempotency_keys,
-        retention_hours=config.idempotency_retention_hours,
+    # 4. Services: business rules, given exactly what they use.
+    user_service = UserService(uow, users, orders, cache)
+    product_service = ProductService(uow, products)
+    order_service = OrderService(
+        uow, users, products, orders, idempotency_keys,
+        deadline=pipeline.current_deadline, retention_hours=config.idempotency_retention_hours,
     )
-    health = overrides.get("health") or HealthService(
-        required={"database": database.ping},
-        optional={"cache": getattr(cache, "ping", None)},
-        timeout=config.health_timeout,
+    health = HealthService(
+        required={"database": database.ping}, optional={"cache": cache.health_check}, timeout=config.health_timeout,
     )
 
-    # 5. The Flask app: HTTP edge first, then the transaction (its hook must run first; see http.py).
-    app = http.SyncFlask("webapp")
+    # 5. The Flask app and its request pipeline, outermost step first.
+    app = pipeline.PipelineFlask("webapp")
+    app.json = OrjsonProvider(app)  # Flask's documented slot for the JSON provider
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes  # bodies without a Content-Length too
     app.url_map.converters["id"] = IdConverter
-    http.install(
-        app, request_timeout=config.request_timeout, max_body_bytes=config.max_body_bytes,
-        metrics=metrics, request_log=request_log,
+    app.use(
+        pipeline.request_id(),
+        pipeline.deadline(config.request_timeout),
+        pipeline.log_and_measure(metrics, logging.getLogger("webapp.http")),
+        errors_to_http,
+        pipeline.body_limits(config.max_body_bytes),
     )
-    transaction.install(app)
 
-    # 6. Blueprints, each handed its service.
+    # 6. Blueprints, each handed its service: parse, call, render.
     app.register_blueprint(health_blueprint(health))
     app.register_blueprint(metrics_blueprint(metrics, config.metrics_token))
     app.register_blueprint(meta_blueprint())
@@ -92,27 +101,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(products_blueprint(product_service))
     app.register_blueprint(orders_blueprint(order_service))
 
-    app.assert_sync_only()
-
-    # Kept for gunicorn's hooks and for tests; the app itself reaches them only through the above.
-    app.extensions["webapp"] = {
-        "config": config, "database": database, "transaction": transaction, "health": health, "metrics": metrics,
-        "request_log": request_log,
-    }
+    # For gunicorn's hooks (close the pool on exit, readiness 503 on SIGTERM) and for tests.
+    app.extensions["webapp"] = {"config": config, "database": database, "health": health, "metrics": metrics}
     logging.getLogger(__name__).info("app created", extra={"cache": config.redis_url is not None})
     return app
-
-
-def _user_cache(config: Config, metrics: Metrics) -> UserCache:
-    """Redis behind a breaker when REDIS_URL is set; otherwise a cache that always misses."""
-    if not config.redis_url:
-        return NoCache()
-    breaker = CircuitBreaker(
-        "redis",
-        threshold=config.breaker_threshold,
-        reset_after=config.breaker_reset_after,
-        is_failure=lambda exc: isinstance(exc, RedisUserCache.unhealthy_errors),
-        on_transition=lambda name, _old, new: metrics.set_breaker_state(name, new),
-    )
-    metrics.set_breaker_state("redis", "closed")
-    return RedisUserCache(redis_client(config.redis_url, config.cache_socket_timeout), breaker, config.cache_ttl)

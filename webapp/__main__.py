@@ -134,12 +134,18 @@ def connection_failure(exc: BaseException) -> str:
 
 def _purge_idempotency_keys(database_url: str, retention_hours: int) -> int:
     """Delete Idempotency-Keys past their retention (run it from a scheduler, e.g. hourly)."""
-    import psycopg
-
+    from webapp.db import Database
     from webapp.repositories import IdempotencyRepository
+    from webapp.resilience import Deadline
 
-    with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
-        deleted = IdempotencyRepository(lambda: conn).delete_expired(retention_hours)
+    database = Database(database_url, min_size=0, max_size=1, timeout=10)
+    database.open()
+    try:
+        with database.transaction(Deadline(60)) as tx:
+            deleted = IdempotencyRepository(lambda: tx).delete_expired(retention_hours)
+            tx.commit()
+    finally:
+        database.close()
     log.info("expired idempotency keys deleted", extra={"deleted": deleted, "retention_hours": retention_hours})
     return 0
 

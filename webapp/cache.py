@@ -10,8 +10,10 @@ from typing import Any
 
 import redis
 
+from webapp.config import Config
 from webapp.models import User
 from webapp.resilience import CircuitBreaker, CircuitOpen
+from webapp.services.ports import Check, UserCache
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +35,45 @@ def redis_client(url: str, socket_timeout: float) -> redis.Redis:
     )
 
 
+def cache_from_config(config: Config, on_breaker_transition: Callable[[str, str, str], None]) -> UserCache:
+    """Redis behind its own breaker when REDIS_URL is set; otherwise a cache that always misses."""
+    if not config.redis_url:
+        return NoCache()
+    breaker = CircuitBreaker(
+        "redis",
+        threshold=config.breaker_threshold,
+        reset_after=config.breaker_reset_after,
+        is_failure=lambda exc: isinstance(exc, UNHEALTHY),
+        on_transition=on_breaker_transition,
+    )
+    on_breaker_transition("redis", "closed", "closed")  # the gauge exists from the start
+    return RedisUserCache(redis_client(config.redis_url, config.cache_socket_timeout), breaker, config.cache_ttl)
+
+
+class NoCache:
+    """The cache used when REDIS_URL is unset: always a miss, nothing to health-check."""
+
+    health_check: Check | None = None
+
+    def get(self, user_id: int) -> User | None:
+        return None
+
+    def put(self, user: User) -> None:
+        pass
+
+    def invalidate(self, user_id: int) -> None:
+        pass
+
+
 class RedisUserCache:
     """get/put/invalidate users in Redis; every failure is a miss, counted by the breaker."""
-
-    unhealthy_errors = UNHEALTHY
 
     def __init__(self, client: redis.Redis, breaker: CircuitBreaker, ttl: int, prefix: str = "user:"):
         self._client = client
         self._breaker = breaker
         self._ttl = ttl
         self._prefix = prefix
+        self.health_check = self.ping
 
     def get(self, user_id: int) -> User | None:
         """The cached user, or None on a miss, an unreadable value, or an unwell Redis."""

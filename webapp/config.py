@@ -43,10 +43,14 @@ class Config:
     log_level: str = "info"
     log_format: str = "json"
     request_timeout: float = 10.0
-    db_pool_min: int = 2
-    db_pool_max: int = 10
+    # A sync worker runs one request at a time: one connection for it, one for a concurrent
+    # health check. More would hold Postgres (or PgBouncer) slots that are never used.
+    db_pool_min: int = 1
+    db_pool_max: int = 2
     db_pool_timeout: float = 2.0
     db_pool_max_waiting: int = 32
+    db_prepared_statements: bool = False  # only straight to Postgres, never through PgBouncer < 1.21
+    db_breaker_reset_after: float = 5.0
     redis_url: str | None = None
     cache_ttl: int = 300
     cache_socket_timeout: float = 0.05
@@ -173,10 +177,12 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         log_level=env.str("LOG_LEVEL", "info", validate=OneOf(LOG_LEVELS)),
         log_format=env.str("LOG_FORMAT", "json", validate=OneOf(LOG_FORMATS)),
         request_timeout=env.float("REQUEST_TIMEOUT", 10.0, validate=Range(0, 300, min_inclusive=False)),
-        db_pool_min=env.int("DB_POOL_MIN", 2, validate=Range(0, 1000)),
-        db_pool_max=env.int("DB_POOL_MAX", 10, validate=Range(1, 1000)),
+        db_pool_min=env.int("DB_POOL_MIN", 1, validate=Range(0, 1000)),
+        db_pool_max=env.int("DB_POOL_MAX", 2, validate=Range(1, 1000)),
         db_pool_timeout=env.float("DB_POOL_TIMEOUT", 2.0, validate=positive),
         db_pool_max_waiting=env.int("DB_POOL_MAX_WAITING", 32, validate=Range(1, 10_000)),
+        db_prepared_statements=env.bool("DB_PREPARED_STATEMENTS", False),
+        db_breaker_reset_after=env.float("DB_BREAKER_RESET_AFTER", 5.0, validate=Range(0, 60)),
         redis_url=env.redis_url("REDIS_URL", None),
         cache_ttl=env.int("CACHE_TTL", 300, validate=Range(1, 86_400)),
         cache_socket_timeout=env.float("CACHE_SOCKET_TIMEOUT", 0.05, validate=Range(0, 5, min_inclusive=False)),

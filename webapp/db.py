@@ -1,29 +1,28 @@
-"""Postgres access: the connection pool, transactions with a deadline, and error translation."""
+"""Postgres access: the pool, and transactions bounded by a deadline (the seed's WithTransaction).
+
+Everything here is safe behind a transaction-mode pooler (PgBouncer): nothing outlives a
+transaction on the server. No session SET (the deadline travels with each BEGIN as SET LOCAL),
+no server-side prepared statements unless DB_PREPARED_STATEMENTS says there is no pooler,
+transaction-scoped advisory locks only. docs/operations.md, "Behind a pooler", says why.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, LiteralString, cast
+from typing import Any, LiteralString
 
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
-from webapp.errors import DeadlineExceeded, TransientDatabaseError, Unavailable
-from webapp.resilience import Deadline, RetryError, retry_with_backoff
+from webapp.errors import CommitFailed, DeadlineExceeded, TransientDatabaseError, Unavailable
+from webapp.resilience import CircuitBreaker, CircuitOpen, Deadline, RetryError, retry_with_backoff
+from webapp.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
-
-# A request whose remaining budget is within this of the connection's default statement_timeout
-# keeps the default: one statement fewer for Postgres to parse on nearly every request.
-DEFAULT_TIMEOUT_SLACK_MS = 100
-
-
-class CommitFailed(Exception):
-    """COMMIT did not commit; the caller must not report success."""
 
 
 class Database:
@@ -33,47 +32,39 @@ class Database:
         self,
         conninfo: str,
         *,
-        min_size: int = 2,
-        max_size: int = 10,
+        min_size: int = 1,
+        max_size: int = 2,
         timeout: float = 2.0,
         max_waiting: int = 32,
+        prepared_statements: bool = False,
+        breaker: CircuitBreaker | None = None,
         name: str = "webapp",
-        statement_timeout: float | None = None,
     ):
         self.checkout_timeout = timeout
-        self._default_timeout_ms = int(statement_timeout * 1000) if statement_timeout else None
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 5, "application_name": name}
-        # open=False: nothing connects when the app is built. Gunicorn forks workers *after*
-        # loading the config; a pool opened in the master would hand dead sockets to workers.
+        self.breaker = breaker or database_breaker()
+        self.watchdog = Watchdog()
         self.pool = psycopg_pool.ConnectionPool(
             conninfo,
             min_size=min_size,
             max_size=max_size,
             timeout=timeout,
             max_waiting=max_waiting,  # bounded queue: the N+1th waiter fails at once (TooManyRequests)
+            # open=False: the pool starts in open(), called by create_app in the worker. Gunicorn
+            # forks workers after loading the config; a pool opened in the master would hand
+            # the same sockets to every worker.
             open=False,
             name=name,
-            # autocommit: we send BEGIN ourselves, with the deadline when it is short (_begin_statement).
-            kwargs=kwargs,
-            configure=self._configure,
+            kwargs=connection_kwargs(name, prepared_statements),
         )
 
-    def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        """Run once per new connection: its statement_timeout defaults to the full request budget.
-
-        A SET here rather than `options=-c ...` in the connection kwargs, which would silently
-        replace any `options` the DATABASE_URL itself carries.
-        """
-        if self._default_timeout_ms:
-            conn.execute(cast(LiteralString, f"SET statement_timeout = {self._default_timeout_ms}"))
-
     def open(self) -> None:
-        """Start the pool's background connections without waiting for them (a worker boots while Postgres is down)."""
+        """Start connecting in the background without waiting (a worker boots while Postgres is down)."""
         self.pool.open(wait=False)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Close every pooled connection; called when a worker exits."""
+        """Close every pooled connection and the watchdog; called when a worker exits."""
         self.pool.close(timeout=timeout)
+        self.watchdog.close()
 
     def stats(self) -> dict[str, int]:
         """Pool size, idle connections and waiting requests, for the metrics gauges."""
@@ -85,145 +76,195 @@ class Database:
         }
 
     def ping(self, timeout: float) -> None:
-        """Run SELECT 1 on a pooled connection within timeout seconds, or raise."""
-        deadline = Deadline(timeout)
-        with self.transaction(deadline, read_only=True, retries=1) as conn:
-            conn.execute("SELECT 1")
+        """Run SELECT 1 within timeout seconds (the client-side cut-off included), or raise."""
+        with self.transaction(Deadline(timeout), read_only=True) as tx:
+            tx.execute("SELECT 1")
 
     @contextmanager
-    def transaction(
-        self, deadline: Deadline, *, read_only: bool = False, retries: int = 3
-    ) -> Iterator[psycopg.Connection[Any]]:
-        """Yield a connection inside BEGIN..COMMIT; roll back on any exception; always return it."""
-        conn = self.begin(deadline, read_only=read_only, retries=retries)
-        try:
-            yield conn
-        except BaseException:
-            self.end(conn, commit=False)
-            raise
-        self.end(conn, commit=True, read_only=read_only)
+    def transaction(self, deadline: Deadline, *, read_only: bool = False) -> Iterator[Transaction]:
+        """`with db.transaction(deadline) as tx:` ... `tx.commit()`; leaving without commit() rolls back.
 
-    def begin(self, deadline: Deadline, *, read_only: bool = False, retries: int = 3) -> psycopg.Connection[Any]:
-        """Check out a connection (bounded wait) and open a transaction with the deadline's time left.
-
-        read_only: BEGIN READ ONLY, so Postgres itself refuses any write (error 25006).
+        The connection is taken on the first statement, so a block that never needs the
+        database (a cache hit) never takes one; it always goes back to the pool at the end.
         """
+        tx = Transaction(self, deadline, read_only)
+        try:
+            yield tx
+        finally:
+            tx.close()
 
-        def attempt() -> psycopg.Connection[Any]:
-            if deadline.expired():
-                raise DeadlineExceeded("request deadline passed before the database was reached")
-            conn = self.pool.getconn(timeout=deadline.bound(self.checkout_timeout))
-            try:
-                budget_ms = max(1, int(deadline.remaining() * 1000))
-                _exec_command(conn, self._begin_statement(budget_ms, read_only=read_only))
-            except BaseException:
-                self.pool.putconn(conn)  # a broken connection is discarded by the pool
-                raise
-            return conn
+    def checkout(self, deadline: Deadline, read_only: bool) -> psycopg.Connection[Any]:
+        """A connection inside BEGIN, with the deadline's time left as its statement_timeout.
 
+        Fails fast (503) while the breaker is open: one connection failure or silent server
+        opens it, and for the next BREAKER reset period requests do not queue up behind a dead
+        database; the first request after it is the trial that closes it again.
+        """
+        try:
+            return self.breaker.call(self._checkout_with_retry, deadline, read_only)
+        except CircuitOpen as exc:
+            raise Unavailable("database unavailable (a connection just failed or went silent); retry shortly") from exc
+        except psycopg.OperationalError as exc:
+            cause = exc
+            if isinstance(cause, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
+                raise Unavailable("no database connection available (pool busy or database unreachable)") from cause
+            if deadline.expired():  # the server stayed silent until the watchdog cut it off
+                raise DeadlineExceeded("the database did not answer within the request's deadline") from cause
+            raise Unavailable("database connection failed") from cause
+
+    def _checkout_with_retry(self, deadline: Deadline, read_only: bool) -> psycopg.Connection[Any]:
         # Retrying is safe only here: BEGIN is the first statement, so no work was done yet.
         # A connection that died with a Postgres restart fails on BEGIN; the next one is fresh.
         try:
             return retry_with_backoff(
-                attempt,
-                attempts=retries,
-                base=0.01,
-                max_delay=0.2,
-                deadline=deadline,
-                retry_on=_is_broken_connection,
+                lambda: self._begin(deadline, read_only),
+                attempts=3, base=0.01, max_delay=0.2, deadline=deadline, retry_on=is_broken_connection,
             )
         except RetryError as exc:
-            raise Unavailable("database connection failed") from exc.last_error
-        except (psycopg_pool.PoolTimeout, psycopg_pool.TooManyRequests) as exc:
-            raise Unavailable("no database connection available (pool busy or database unreachable)") from exc
-        except psycopg.OperationalError as exc:
-            raise Unavailable("database connection failed") from exc
+            raise exc.last_error from exc  # the breaker judges the last error, not the wrapper
 
-    def _begin_statement(self, budget_ms: int, *, read_only: bool = False) -> LiteralString:
-        """BEGIN, plus the deadline as statement_timeout when it is shorter than the connection's default.
-
-        Both statements travel in ONE round trip (one simple query). Trap: `SET LOCAL
-        statement_timeout = %s` with a parameter is a syntax error in psycopg 3 (server-side
-        binding cannot bind SET). The value is an int we computed, never user input, so it is
-        formatted in; sql.Literal would do the same at ~10 us more a request.
-        """
-        begin: LiteralString = "BEGIN READ ONLY" if read_only else "BEGIN"
-        default = self._default_timeout_ms
-        if default is not None and budget_ms >= default - DEFAULT_TIMEOUT_SLACK_MS:
-            return begin
-        return cast(LiteralString, f"{begin}; SET LOCAL statement_timeout = {int(budget_ms)}")
-
-    def end(self, conn: psycopg.Connection[Any], *, commit: bool, read_only: bool = False) -> None:
-        """Commit (raising CommitFailed if it did not happen) or roll back, then return conn to the pool.
-
-        read_only must say what begin() was told: a read-only COMMIT takes the quick path.
-        """
+    def _begin(self, deadline: Deadline, read_only: bool) -> psycopg.Connection[Any]:
+        if deadline.expired():
+            raise DeadlineExceeded("request deadline passed before the database was reached")
+        conn = self.pool.getconn(timeout=deadline.bound(self.checkout_timeout))
+        self.watchdog.arm(conn, conn.pgconn.socket, deadline.remaining())
         try:
-            if commit:
-                _commit(conn, read_only=read_only)
-            else:
-                _rollback(conn)
+            _exec(conn, begin_statement(deadline, read_only))
+        except BaseException:
+            self.release(conn)
+            raise
+        return conn
+
+    def release(self, conn: psycopg.Connection[Any]) -> None:
+        """Give conn back to the pool; one the watchdog cut is closed first, so it is never reused."""
+        if self.watchdog.disarm(conn):
+            conn.close()
+            self.breaker.record_failure()  # silent past a whole deadline: the next requests fail fast
+        self.pool.putconn(conn)  # the pool discards a closed or broken connection
+
+
+class Transaction:
+    """One transaction, begun on its first statement; what repositories run their SQL through."""
+
+    def __init__(self, database: Database, deadline: Deadline, read_only: bool):
+        self.database = database
+        self.deadline = deadline
+        self.read_only = read_only
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def execute(self, query: LiteralString, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        """Run one statement in this transaction; psycopg errors come out as domain errors where they have one."""
+        if self._conn is None:
+            self._conn = self.database.checkout(self.deadline, self.read_only)
+        try:
+            return self._conn.execute(query, params)
+        except psycopg.Error as exc:
+            translated = self._domain_error(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    def commit(self) -> None:
+        """COMMIT, or raise: CommitFailed, or Unavailable when the connection died under it."""
+        conn = self._conn
+        if conn is None:
+            return  # nothing was run: nothing to commit
+        # Trap: after a failed statement Postgres answers COMMIT with ROLLBACK and no error.
+        # Checking first turns that silent rollback into an error, never a 2xx.
+        if conn.info.transaction_status == TransactionStatus.INERROR:
+            raise CommitFailed("transaction was aborted by an earlier error; rolled back")
+        try:
+            conn.commit()  # on our autocommit connection: sends COMMIT when a transaction is open
+        except psycopg.OperationalError as exc:
+            # Whether it committed is unknown; an Idempotency-Key makes the client's retry safe.
+            if self.deadline.expired():
+                raise DeadlineExceeded("the database did not confirm COMMIT in time; outcome unknown") from exc
+            raise Unavailable("database connection lost during COMMIT; outcome unknown, retry idempotently") from exc
+        except psycopg.Error as exc:
+            raise CommitFailed(f"COMMIT failed: {type(exc).__name__}") from exc
+
+    def close(self) -> None:
+        """Roll back whatever was not committed and return the connection (end of the `with`)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                _exec(conn, b"ROLLBACK")
+        except psycopg.Error:
+            log.warning("rollback failed; connection discarded")  # the pool sees it is broken
         finally:
-            self.pool.putconn(conn)
+            self.database.release(conn)
+
+    def _domain_error(self, exc: psycopg.Error) -> Exception | None:
+        if isinstance(exc, psycopg.OperationalError) and self.deadline.expired():
+            # The watchdog cut a silent server off at the deadline (or it died just then).
+            return DeadlineExceeded("the database did not answer within the request's deadline")
+        return domain_error(exc)
 
 
-def _is_broken_connection(exc: BaseException) -> bool:
-    """A connection that failed (worth another one), not a pool that is full (a retry would only queue)."""
+def connection_kwargs(name: str, prepared_statements: bool) -> dict[str, Any]:
+    """libpq/psycopg settings for every pooled connection: client-only, nothing the server keeps."""
+    return {
+        # We send BEGIN ourselves, with the deadline in it (begin_statement).
+        "autocommit": True,
+        "application_name": name,
+        "connect_timeout": 5,
+        # A link that drops packets (not one that answers RST) is noticed by TCP itself, for idle
+        # pooled connections too: keepalive probes, and a cap on unacknowledged data (ms).
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 15_000,
+        # Server-side prepared statements live in the server session: through PgBouncer < 1.21 in
+        # transaction mode the next statement may land on another server connection ("prepared
+        # statement _pg3_0 does not exist", or worse, another statement's result). None = never.
+        "prepare_threshold": 5 if prepared_statements else None,
+    }
+
+
+def begin_statement(deadline: Deadline, read_only: bool) -> bytes:
+    """BEGIN with the deadline's time left as SET LOCAL statement_timeout: one simple query, one round trip.
+
+    SET LOCAL ends with the transaction, so no other client of a pooler's server connection
+    ever sees it. Trap: SET takes no bind parameters (`SET LOCAL statement_timeout = %s` is a
+    syntax error in psycopg 3), so the value, an int we computed, is formatted in; bytes, since
+    psycopg sends a parameterless query as one simple query, both statements in one round trip.
+    GET/HEAD use READ ONLY: Postgres itself then refuses any write (error 25006).
+    """
+    budget_ms = max(1, int(deadline.remaining() * 1000))
+    mode = b"BEGIN READ ONLY" if read_only else b"BEGIN"
+    return mode + b"; SET LOCAL statement_timeout = %d" % budget_ms
+
+
+def database_breaker(threshold: int = 1, reset_after: float = 5.0, **kwargs: Any) -> CircuitBreaker:
+    """The breaker in front of checkout: a connection that failed, went silent or could not be had.
+
+    One failure opens it: a server silent past a whole deadline, or a pool that could not hand
+    out a connection within DB_POOL_TIMEOUT, is no blip, and every request queued behind it
+    would wait as long for the same answer. While open, requests get 503 at once; after
+    reset_after one call (often a readiness probe, bounded by HEALTH_TIMEOUT) is the trial.
+    """
+    return CircuitBreaker("database", threshold=threshold, reset_after=reset_after,
+                          is_failure=is_connection_failure, **kwargs)
+
+
+def is_broken_connection(exc: BaseException) -> bool:
+    """A connection that failed (worth trying another), not a pool that is empty or full."""
     return isinstance(exc, psycopg.OperationalError) and not isinstance(
         exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests
     )
 
 
-def _exec_command(conn: psycopg.Connection[Any], statement: str) -> None:
-    """Run a statement that does no I/O on the server (BEGIN, a read-only COMMIT) through libpq's PQexec.
+def is_connection_failure(exc: BaseException) -> bool:
+    """What opens the database breaker: a broken or silent connection, or none to be had in time.
 
-    One C call, no cursor. Why not conn.execute(): psycopg's Python machinery for one statement
-    (a cursor, query conversion, its wait loop) cost ~2 % of GET throughput for BEGIN alone
-    (A/B in bench/README.md), for a statement with nothing to adapt or return.
-    Trade-off: PQexec blocks in C, where Python signal handlers wait for it to return; these
-    statements touch no disk, so a live server answers at once. A read-write COMMIT, which may
-    wait on disk or replicas, stays on psycopg's interruptible path (_commit).
+    A checkout that times out counts: a sync worker runs one request at a time, so its pool's
+    only other user is a health check, and a wait of DB_POOL_TIMEOUT means Postgres cannot be
+    reached. A full queue (TooManyRequests) does not: that is load, answered 503 at once anyway.
     """
-    result = conn.pgconn.exec_(statement.encode())
-    if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
-        # Only a connection that died (a Postgres restart) fails here: begin() retries on another.
-        reason = result.error_message.decode(errors="replace").strip() or "no reason given"
-        raise psycopg.OperationalError(f"{statement.split(None, 1)[0]} failed: {reason}")
-
-
-def _commit(conn: psycopg.Connection[Any], *, read_only: bool = False) -> None:
-    # Trap: after any failed statement, COMMIT answers "ROLLBACK" without raising.
-    # Checking the status first turns that silent rollback into an error (never a 2xx);
-    # it is the only way COMMIT ends in a rollback without an error of its own.
-    # (pgconn's status is a plain int: conn.info.transaction_status builds two objects a call.)
-    if conn.pgconn.transaction_status == TransactionStatus.INERROR:
-        _rollback(conn)
-        raise CommitFailed("transaction was aborted by an earlier error; rolled back")
-    try:
-        if read_only:
-            _exec_command(conn, "COMMIT")  # wrote nothing: nothing to flush, answered at once
-        else:
-            # commit() works on our autocommit connections too (it sends COMMIT whenever a
-            # transaction is open), and costs less than execute("COMMIT"): no cursor is built.
-            conn.commit()
-    except psycopg.OperationalError as exc:
-        # The connection died under COMMIT (Postgres restarting): a dependency failure, so
-        # 503 + Retry-After. Whether it committed is unknown; an Idempotency-Key makes the
-        # client's retry safe.
-        raise Unavailable("database connection lost during COMMIT; outcome unknown, retry idempotently") from exc
-    except psycopg.Error as exc:
-        _rollback(conn)
-        raise CommitFailed(f"COMMIT failed: {type(exc).__name__}") from exc
-
-
-def _rollback(conn: psycopg.Connection[Any]) -> None:
-    if conn.closed or conn.pgconn.transaction_status == TransactionStatus.IDLE:
-        return
-    try:
-        conn.execute("ROLLBACK", prepare=False)
-    except psycopg.Error:
-        # The connection is broken; the pool sees that on putconn and discards it.
-        log.warning("rollback failed; connection discarded", exc_info=True)
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg_pool.TooManyRequests)
 
 
 def domain_error(exc: psycopg.Error) -> Exception | None:
@@ -237,13 +278,8 @@ def domain_error(exc: psycopg.Error) -> Exception | None:
     return None
 
 
-@contextmanager
-def translated_errors() -> Iterator[None]:
-    """Raise psycopg errors from the block as domain errors (see domain_error)."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        translated = domain_error(exc)
-        if translated is None:
-            raise
-        raise translated from exc
+
+def _exec(conn: psycopg.Connection[Any], command: bytes) -> None:
+    result = conn.pgconn.exec_(command)
+    if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+        raise psycopg.OperationalError(result.error_message.decode(errors="replace"))

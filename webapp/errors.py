@@ -71,7 +71,6 @@ class Unavailable(DomainError):
     """A dependency we need cannot serve right now (pool exhausted, database down); try again."""
 
     code = "service_unavailable"
-    retry_after = 1
 
 
 class DeadlineExceeded(DomainError):
@@ -84,3 +83,7 @@ class TransientDatabaseError(DomainError):
     """Serialization failure or deadlock: the whole transaction may be retried."""
 
     code = "transient_database_error"
+
+
+class CommitFailed(Exception):
+    """COMMIT did not commit: a failure of ours (500), never a DomainError a client could cause."""

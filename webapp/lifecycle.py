@@ -24,7 +24,8 @@ from flask import g, has_request_context
 from gunicorn.glogging import Logger
 
 from webapp.config import ConfigError, load_config
-from webapp.http import account_request, error_response
+from webapp.http import error_response
+from webapp.pipeline import record_request
 from webapp.workers import app_parts, refuse_new_connections
 
 log = logging.getLogger("webapp.lifecycle")
@@ -170,7 +171,8 @@ def worker_abort(worker: Any) -> None:
     log.error("worker timeout", extra={"timeout_s": worker.cfg.timeout, "stack": stuck_at})
     # The same request line and metrics as every other request, even for a stuck probe.
     parts = app_parts(worker)
-    account_request(504, parts.get("metrics"), parts.get("request_log"), quiet_probes=False)
+    record_request(504, float(worker.cfg.timeout), parts.get("metrics"), logging.getLogger("webapp.http"),
+                   quiet_probes=False)
     try:
         client.sendall(_timeout_response(worker.cfg.timeout))
         worker.answered_client = client

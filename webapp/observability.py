@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -10,16 +9,15 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from importlib import metadata
-from json.encoder import encode_basestring_ascii as _quote  # json's C string escaper
 from typing import IO, Any
 
 from flask import g, has_request_context
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_flask_exporter import PrometheusMetrics
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 HANDLER_NAME = "webapp-json"
-CONSOLE_HANDLER_NAME = "webapp-console"  # a different name: RequestLog writes JSON to the handler named HANDLER_NAME
+CONSOLE_HANDLER_NAME = "webapp-console"  # LOG_FORMAT=console; configure_logging replaces either kind
 # Set by webapp.gunicorn_settings in gunicorn's master; its workers inherit it.
 GUNICORN_SETTINGS_MARKER = "WEBAPP_GUNICORN_SETTINGS"
 # Seconds; covers a ~1 ms cached read up to the 10 s default deadline.
@@ -53,9 +51,11 @@ class RedactQueryStrings(logging.Filter):
         return True
 
 
-def json_formatter() -> JsonFormatter:
+def json_formatter() -> OrjsonFormatter:
     """The one formatter for app and gunicorn lines: time (UTC, ms), level, logger, pid, message, extras."""
-    formatter = JsonFormatter(
+    # python-json-logger's orjson formatter: the same lines as its json one, encoded by orjson,
+    # which matters for the request line written thousands of times a second.
+    formatter = OrjsonFormatter(
         "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
     )
@@ -186,87 +186,6 @@ def gunicorn_logconfig(level: str, log_format: str = "json") -> dict[str, Any]:
     }
 
 
-class RequestLog:
-    """Writes the one line per request: the hot path of logging, built for thousands a second.
-
-    Going through logging (a LogRecord, two filters, python-json-logger walking the record's
-    attributes) measured ~60 us a request, as much as a Postgres round trip. Here: one
-    formatted string and one write, same JSON line. In a busy worker every step is cache-cold, so
-    the fixed part of the line (time to the second, level, logger, pid) is built once a second
-    (strftime alone measured ~5 us per call under load).
-    """
-
-    def __init__(self, logger: logging.Logger):
-        self.logger = logger
-        self._second = -1
-        self._stamp = ""  # '{"time": "2026-11-27T05:39:28.' for the current second
-        self._rest = ""  # 'Z", "level": "INFO", "logger": ..., "pid": ..., "message": "request"'
-
-    def write(
-        self,
-        method: str,
-        path: str,
-        raw_path: str,
-        status: int,
-        duration_ms: float,
-        request_id: str,
-        remote_addr: str | None,
-        *,
-        quiet: bool,
-    ) -> None:
-        """Log one request line at a level that says what it means: 5xx error, else info; probes debug.
-
-        Probes (health, metrics) stay at DEBUG whatever their status: a readiness 503 during a
-        shutdown or an outage is the probe doing its job, and they arrive every few seconds.
-        """
-        level = logging.DEBUG if quiet else logging.ERROR if status >= 500 else logging.INFO
-        if not self.logger.isEnabledFor(level):
-            return
-        handler = _json_handler()
-        if level != logging.INFO or handler is None or handler.level > level:
-            # Errors go through logging proper, so every handler (an alerting one too) sees them.
-            fields = {
-                "method": method, "path": path, "raw_path": raw_path, "status": status,
-                "duration_ms": duration_ms, "request_id": request_id, "remote_addr": remote_addr,
-            }
-            self.logger.log(level, "request", extra=fields)
-            return
-        now = time.time()
-        if int(now) != self._second:
-            self._second = int(now)
-            self._stamp = '{"time": "' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + "."
-            # The pid is re-read with the second (create_app, hence this object, is built after fork).
-            self._rest = (
-                f'Z", "level": "INFO", "logger": {json.dumps(self.logger.name)}, "pid": {os.getpid()}, '
-                '"message": "request"'
-            )
-        # Formatted by hand, the same JSON as the encoder's: every string through json's own
-        # escaper (quotes, backslashes, control characters; ASCII-only, like ensure_ascii), the
-        # numbers as json writes them. 0.5 us against 1.9 us for encoding a dict of the same
-        # fields (bench/README.md); tests/unit/test_request_log.py parses every shape back.
-        addr = _quote(remote_addr) if remote_addr is not None else "null"
-        text = (
-            f'{self._stamp}{int(now % 1 * 1000):03d}{self._rest}, "method": {_quote(method)}, '
-            f'"path": {_quote(path)}, "raw_path": {_quote(raw_path)}, "status": {int(status)}, '
-            f'"duration_ms": {float(duration_ms)!r}, "request_id": {_quote(request_id)}, "remote_addr": {addr}}}\n'
-        )
-        handler.acquire()
-        try:
-            stream = handler.stream
-            stream.write(text)
-            stream.flush()  # one line per write, as logging does: a crash loses no request line
-        finally:
-            handler.release()
-
-
-def _json_handler() -> logging.StreamHandler | None:  # type: ignore[type-arg,unused-ignore]
-    """The root logger's JSON handler (configure_logging installs exactly one)."""
-    for handler in logging.getLogger().handlers:
-        if handler.get_name() == HANDLER_NAME and isinstance(handler, logging.StreamHandler):
-            return handler
-    return None
-
-
 class Metrics:
     """The seed's request metrics plus pool and breaker gauges, in a registry of this app's own."""
 
@@ -319,31 +238,23 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
         if self._pool_stats is not None:
-            # The interval is checked here, not by a call to sample_pool: this runs per request.
+            # Sampled as requests finish rather than by a thread of its own, which would wake an idle worker.
             now = time.monotonic()
             if now - self._pool_sampled_at >= POOL_SAMPLE_SECONDS:
                 self._refresh_pool(self._pool_stats, now)
 
     def watch_pool(self, stats: Callable[[], dict[str, int]]) -> None:
         """Sample the pool gauges from stats() as requests finish (at most once a second)."""
-        # Piggybacks on observe_request rather than a hook or a thread of its own: a request
-        # hook costs every request a call, and a thread would sample an idle worker for nothing.
         self._pool_stats = stats
-
-    def sample_pool(self, stats: Callable[[], dict[str, int]], *, every: float = POOL_SAMPLE_SECONDS) -> None:
-        """Refresh the pool gauges from stats() at most once per `every` seconds."""
-        now = time.monotonic()
-        if now - self._pool_sampled_at >= every:
-            self._refresh_pool(stats, now)
 
     def _refresh_pool(self, stats: Callable[[], dict[str, int]], now: float) -> None:
         self._pool_sampled_at = now
         for state, value in stats().items():
             self.pool.labels(state).set(value)
 
-    def set_breaker_state(self, name: str, state: str) -> None:
-        """Export a breaker transition."""
-        self.breaker.labels(name).set({"closed": 0, "half_open": 1, "open": 2}.get(state, 2))
+    def breaker_moved(self, name: str, old: str, new: str) -> None:
+        """Export a breaker transition (a CircuitBreaker's on_transition)."""
+        self.breaker.labels(name).set({"closed": 0, "half_open": 1, "open": 2}.get(new, 2))
 
     def render(self) -> bytes:
         """The text exposition: this process's registry, or every worker's files when multi-process."""

@@ -134,6 +134,18 @@ class CircuitBreaker:
             # so failed stays None) or a buggy is_failure - else the circuit refuses forever.
             self._announce(self._settle(epoch, failed))
 
+    def record_failure(self) -> None:
+        """Count a failure seen outside call(): e.g. a connection cut mid-transaction by the watchdog."""
+        with self._lock:
+            moved = None
+            if self._state != OPEN:
+                self._failures += 1
+                if self._state == HALF_OPEN or self._failures >= self._threshold:
+                    self._opened_at = self._clock()
+                    self._trial_running = False  # the epoch moves on: the trial's own verdict is stale
+                    moved = self._move(OPEN)
+        self._announce(moved)
+
     def _admit(self) -> tuple[int, _Transition | None]:
         with self._lock:
             if self._state == CLOSED:

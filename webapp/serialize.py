@@ -1,4 +1,4 @@
-"""Domain objects → the JSON the API shows. Used by blueprints and by the idempotency store."""
+"""Domain objects → the JSON the API shows; the blueprints render with these."""
 
 from __future__ import annotations
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
+import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -13,7 +15,7 @@ from webapp import create_app
 
 
 @pytest.fixture
-def app(database_url: str, db) -> Iterator[Flask]:  # type: ignore[no-untyped-def]
+def app(database_url: str, db) -> Iterator[Flask]:
     """The real app on the clean test database, no cache."""
     app = create_app(make_config(database_url))
     yield app
@@ -23,3 +25,18 @@ def app(database_url: str, db) -> Iterator[Flask]:  # type: ignore[no-untyped-de
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@contextmanager
+def trigger(db: psycopg.Connection, table: str, body: str, *, at_commit: bool = False) -> Iterator[None]:
+    """A trigger on `table` running `body` (plpgsql) for each inserted row; at_commit defers it to COMMIT."""
+    db.execute(f"CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body}; RETURN NEW; END $$")  # noqa: E501
+    kind = "CONSTRAINT TRIGGER" if at_commit else "TRIGGER"
+    timing = "AFTER INSERT" if at_commit else "BEFORE INSERT"
+    deferred = "DEFERRABLE INITIALLY DEFERRED" if at_commit else ""
+    db.execute(f"CREATE {kind} injected {timing} ON {table} {deferred} FOR EACH ROW EXECUTE FUNCTION injected_fault()")
+    try:
+        yield
+    finally:
+        db.execute(f"DROP TRIGGER injected ON {table}")
+        db.execute("DROP FUNCTION injected_fault()")

@@ -107,7 +107,7 @@ def wait_for(condition, timeout: float = 5.0) -> None:
 def test_a_second_read_is_served_from_redis_without_touching_postgres(app: Flask, db, redis_server: RedisServer):
     client = app.test_client()
     (user_id,) = create_users(client, 1)
-    assert client.get(f"/users/{user_id}").json["name"] == "User 0"  # miss: read from Postgres, cached
+    assert client.get(f"/users/{user_id}").get_json()["name"] == "User 0"  # miss: read from Postgres, cached
     assert redis_server.admin().exists(f"user:{user_id}") == 1
 
     db.execute("UPDATE users SET name = 'Changed behind the app' WHERE id = %s", (user_id,))
@@ -118,7 +118,7 @@ def test_a_second_read_is_served_from_redis_without_touching_postgres(app: Flask
         response = client.get(f"/users/{user_id}", headers={"X-Request-Timeout": "2"})
         locker.rollback()
     assert response.status_code == 200
-    assert response.json["name"] == "User 0"  # the cached copy, not the row
+    assert response.get_json()["name"] == "User 0"  # the cached copy, not the row
     assert checkouts(app) == before  # not a single pool checkout: Postgres was never asked
 
 
@@ -129,7 +129,7 @@ def test_a_flushed_cache_is_refilled_from_postgres(app: Flask, db, redis_server:
     db.execute("UPDATE users SET name = 'Renamed' WHERE id = %s", (user_id,))
     redis_server.admin().flushall()
     response = client.get(f"/users/{user_id}")
-    assert response.status_code == 200 and response.json["name"] == "Renamed"
+    assert response.status_code == 200 and response.get_json()["name"] == "Renamed"
     assert redis_server.admin().exists(f"user:{user_id}") == 1
     assert breaker_gauge(app) == 0  # an empty cache is not a sick one
 
@@ -142,7 +142,7 @@ def test_creating_a_user_evicts_a_leftover_entry_for_its_id_after_commit(app: Fl
     client = app.test_client()
     assert create_users(client, 1) == [1]
     assert redis_server.admin().exists("user:1") == 0
-    assert client.get("/users/1").json["name"] == "User 0"
+    assert client.get("/users/1").get_json()["name"] == "User 0"
 
 
 def test_a_failed_create_evicts_nothing(app: Flask, redis_server: RedisServer):

@@ -105,9 +105,12 @@ def test_the_flask_cli_without_database_url_prints_one_line_and_no_traceback(tmp
 
 
 def test_purge_deletes_only_idempotency_keys_past_their_retention(database_url, db):
+    user = db.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org') RETURNING id").fetchone()
+    order = db.execute("INSERT INTO orders (user_id, total_cents) VALUES (%s, 0) RETURNING id", user).fetchone()
     db.execute(
-        "INSERT INTO idempotency_keys (key, request_hash, status_code, response, created_at) VALUES "
-        "('old-key-1', 'h', 201, '{}', now() - interval '25 hours'), ('new-key-1', 'h', 201, '{}', now())"
+        "INSERT INTO idempotency_keys (user_id, key, request_hash, order_id, created_at) VALUES "
+        "(%(u)s, 'old-key-1', 'h', %(o)s, now() - interval '25 hours'), (%(u)s, 'new-key-1', 'h', %(o)s, now())",
+        {"u": user[0], "o": order[0]},
     )
     assert main(["purge-idempotency-keys"], {"DATABASE_URL": database_url}, io.StringIO()) == 0
     assert db.execute("SELECT key FROM idempotency_keys").fetchall() == [("new-key-1",)]

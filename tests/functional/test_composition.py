@@ -22,9 +22,9 @@ def test_two_apps_in_one_process_share_nothing(database_url, second_database, db
         # Same email, other database: no conflict, because nothing (pool, cache, state) is shared.
         assert b.post("/users", json={"name": "Ann", "email": "ann@example.org"}).status_code == 201
         assert b.post("/users", json={"name": "Bob", "email": "bob@example.org"}).status_code == 201
-        assert len(a.get("/users").json["items"]) == 1
-        assert len(b.get("/users").json["items"]) == 2
-        for key in ("database", "transaction", "health", "metrics"):
+        assert len(a.get("/users").get_json()["items"]) == 1
+        assert len(b.get("/users").get_json()["items"]) == 2
+        for key in ("database", "health", "metrics"):
             assert first.extensions["webapp"][key] is not second.extensions["webapp"][key]
         assert first.extensions["webapp"]["metrics"].registry is not second.extensions["webapp"]["metrics"].registry
         metrics_a = a.get("/metrics").get_data(as_text=True)
@@ -34,21 +34,22 @@ def test_two_apps_in_one_process_share_nothing(database_url, second_database, db
             close_app(app)
 
 
-def test_overrides_replace_a_dependency_through_the_same_parameters(database_url, db):
-    class StubHealth:
-        stopping = False
+def test_a_dependency_passed_in_is_used_instead_of_building_one(database_url, db):
+    from webapp.observability import Metrics
 
-        def check(self):
-            return True, {"database": "ok", "cache": "ok", "stub": "ok"}
-
-        def close(self):
-            pass
-
-    app = create_app(make_config(database_url), health=StubHealth())
+    metrics = Metrics()
+    app = create_app(make_config(database_url), metrics=metrics)
     try:
-        assert app.test_client().get("/readyz").json["checks"]["stub"] == "ok"
+        app.test_client().get("/livez")
+        assert app.extensions["webapp"]["metrics"] is metrics
+        assert 'path="/livez"' in metrics.render().decode()
     finally:
-        app.extensions["webapp"]["database"].close()
+        close_app(app)
+
+
+def test_a_misspelt_dependency_name_is_refused_not_ignored(database_url):
+    with pytest.raises(TypeError, match="databse"):
+        create_app(make_config(database_url), databse=object())  # type: ignore[call-arg]
 
 
 def test_building_the_app_does_not_wait_for_an_unreachable_database():

@@ -15,7 +15,6 @@ from flask import Flask
 
 from tests.conftest import close_app, make_config, wait_until_the_app_waits_on_a_lock
 from webapp import create_app
-from webapp.repositories import IdempotencyRepository
 
 KEY = "order-2026-0001"
 
@@ -174,10 +173,11 @@ def test_an_expired_key_is_forgotten_and_the_request_places_a_new_order(app, db,
     assert place(app, shop["body"]).json["id"] == second.json["id"]
 
 
-def test_delete_expired_purges_only_keys_older_than_the_retention(db):
-    keys = IdempotencyRepository(lambda: db)
-    keys.save("fresh-key-1", "h", 201, {"id": 1})
-    keys.save("stale-key-1", "h", 201, {"id": 2})
-    db.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'stale-key-1'")
-    assert keys.delete_expired(24) == 1
-    assert db.execute("SELECT key FROM idempotency_keys").fetchall() == [("fresh-key-1",)]
+def test_one_users_key_never_blocks_another_users_order(app: Flask, shop, db):
+    other = db.execute("INSERT INTO users (name, email) VALUES ('Bob', 'bob@example.org') RETURNING id").fetchone()[0]
+    first = place(app, shop["body"])
+    second = place(app, {**shop["body"], "user_id": other})  # the same Idempotency-Key, another user
+    assert first.status_code == second.status_code == 201
+    assert "Idempotent-Replayed" not in second.headers
+    assert second.json["user_id"] == other and second.json["id"] != first.json["id"]
+    assert count_orders(db) == 2

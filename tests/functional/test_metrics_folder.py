@@ -20,8 +20,8 @@ def write_worker_metrics(metrics_dir: Path) -> int:
         "import os\n"
         "from webapp.observability import Metrics\n"
         f"m = Metrics({str(metrics_dir)!r})\n"
+        "m.watch_pool(lambda: {'size': 2, 'available': 2, 'waiting': 0})\n"
         "m.observe_request('GET', '/livez', 200, 0.01)\n"
-        "m.sample_pool(lambda: {'size': 2, 'available': 2, 'waiting': 0})\n"
         "print(os.getpid())\n"
     )
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}

@@ -1,5 +1,6 @@
 """RedisUserCache on a real redis-server of the test's own: a miss whenever Redis is unwell, never an error;
-and evictions that run only after the writing transaction has committed.
+wired by cache_from_config behind a breaker that only silence opens; and evictions that run only after
+the writing transaction has committed.
 
 Each test starts its own redis-server on a free port, so it can kill or pause it without
 disturbing anything else; the fixture always kills it afterwards.
@@ -7,7 +8,6 @@ disturbing anything else; the fixture always kills it afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -15,14 +15,18 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from flask import Flask
 
+from tests.conftest import make_config
 from tests.redis_server import RedisServer
-from webapp.cache import RedisUserCache, redis_client
-from webapp.db import CommitFailed, Database
+from webapp.cache import UNHEALTHY, NoCache, RedisUserCache, cache_from_config, redis_client
+from webapp.db import Database
+from webapp.errors import CommitFailed, EmailTaken
 from webapp.models import User
-from webapp.resilience import CLOSED, OPEN, CircuitBreaker
-from webapp.transaction import RequestTransaction
+from webapp.repositories import OrderRepository, UserRepository
+from webapp.resilience import CLOSED, OPEN, CircuitBreaker, Deadline
+from webapp.services import UserService
+from webapp.services.ports import Check
+from webapp.unit_of_work import PostgresUnitOfWork
 
 SOCKET_TIMEOUT = 0.2  # long enough to measure against, short enough to keep the tests quick
 THRESHOLD = 3
@@ -36,13 +40,13 @@ def server() -> Iterator[RedisServer]:
 
 
 def make_cache(server: RedisServer, reset_after: float = 60.0) -> tuple[RedisUserCache, CircuitBreaker, list[str]]:
-    """The cache exactly as create_app wires it, plus the list of breaker states it moved to."""
+    """The cache as cache_from_config wires it (with THRESHOLD), its breaker, and the states it moved to."""
     moves: list[str] = []
     breaker = CircuitBreaker(
         "redis",
         threshold=THRESHOLD,
         reset_after=reset_after,
-        is_failure=lambda exc: isinstance(exc, RedisUserCache.unhealthy_errors),
+        is_failure=lambda exc: isinstance(exc, UNHEALTHY),
         on_transition=lambda _name, _old, new: moves.append(new),
     )
     return RedisUserCache(redis_client(server.url, SOCKET_TIMEOUT), breaker, ttl=300), breaker, moves
@@ -166,12 +170,30 @@ def test_in_half_open_only_one_caller_waits_on_a_still_paused_redis(server: Redi
     assert breaker.state == OPEN  # the trial timed out, so the circuit opened again
 
 
+def test_cache_from_config_puts_redis_behind_a_breaker_that_only_silence_opens(server: RedisServer, database_url):
+    moves: list[tuple[str, str]] = []
+    config = make_config(database_url, REDIS_URL=server.url, BREAKER_THRESHOLD="2", CACHE_SOCKET_TIMEOUT="0.2")
+    cache = cache_from_config(config, lambda name, _old, new: moves.append((name, new)))
+    assert isinstance(cache, RedisUserCache) and cache.health_check is not None
+    assert moves == [("redis", CLOSED)]  # the gauge exists before the first failure
+    cache.put(ANN)
+    assert cache.get(1) == ANN
+    server.admin().config_set("maxmemory", "1")
+    for _ in range(3):
+        cache.put(ANN)  # -OOM: Redis answered, so the breaker does not count it
+    assert moves == [("redis", CLOSED)]
+    server.stop()
+    for _ in range(2):
+        assert cache.get(1) is None
+    assert moves == [("redis", CLOSED), ("redis", OPEN)]
+    assert isinstance(cache_from_config(make_config(database_url), lambda *_: None), NoCache)  # no REDIS_URL
+
+
 @pytest.fixture
-def transaction(database_url: str, db) -> Iterator[RequestTransaction]:
-    """A RequestTransaction on its own small pool, used inside a bare Flask request context."""
+def database(database_url: str, db) -> Iterator[Database]:
     database = Database(database_url, min_size=0, max_size=1, timeout=2)
     database.open()
-    yield RequestTransaction(database, default_timeout=5)
+    yield database
     database.close()
 
 
@@ -179,41 +201,75 @@ def count_users(db) -> int:
     return db.execute("SELECT count(*) FROM users").fetchone()[0]
 
 
-def test_an_eviction_registered_in_a_transaction_runs_only_once_it_has_committed(server, transaction, db):
-    cache, _, _ = make_cache(server)
-    cache.put(ANN)
-    users_seen_by_others: list[int] = []
+class WatchedCache:
+    """The real cache, noting at each eviction how many users another session can see by then."""
 
-    def evict() -> None:
-        users_seen_by_others.append(count_users(db))  # another connection: sees only committed rows
-        cache.invalidate(1)
+    health_check: Check | None = None
 
-    with Flask(__name__).test_request_context(method="POST"):  # GET would be READ ONLY
-        transaction.connection().execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
-        transaction.after_commit(evict)
-        assert server.admin().exists("user:1") == 1  # registering does not run it
-        transaction.finish(commit=True)
-    assert users_seen_by_others == [1]  # it ran after COMMIT, not before
+    def __init__(self, cache: RedisUserCache, db: psycopg.Connection):
+        self.cache = cache
+        self.db = db
+        self.users_seen_at_eviction: list[int] = []
+
+    def get(self, user_id: int) -> User | None:
+        return self.cache.get(user_id)
+
+    def put(self, user: User) -> None:
+        self.cache.put(user)
+
+    def invalidate(self, user_id: int) -> None:
+        self.users_seen_at_eviction.append(count_users(self.db))  # only committed rows are visible
+        self.cache.invalidate(user_id)
+
+
+def user_service(database: Database, cache: WatchedCache) -> UserService:
+    """UserService as create_app wires it, on its own pool."""
+    uow = PostgresUnitOfWork(database, deadline=lambda: Deadline(5))
+    return UserService(uow, UserRepository(uow.current), OrderRepository(uow.current), cache)
+
+
+def test_a_write_evicts_the_cached_user_only_once_it_has_committed(server, database, db):
+    cache = WatchedCache(make_cache(server)[0], db)
+    cache.put(ANN)  # a leftover entry for the id the new user gets (ids restart after a restore)
+    user = user_service(database, cache).register("Ann", "ann@example.org")
+    assert user.id == ANN.id
+    assert cache.users_seen_at_eviction == [1]  # it ran after COMMIT, not before
     assert server.admin().exists("user:1") == 0
 
 
-@pytest.mark.parametrize("finish", ["rollback", "restart", "failed commit"])
-def test_an_eviction_never_runs_when_the_transaction_does_not_commit(server, transaction, db, finish):
-    cache, _, _ = make_cache(server)
+@pytest.fixture
+def refused_at_commit(db) -> Iterator[None]:
+    """Every insert into users passes its statement but fails COMMIT (a deferred constraint trigger)."""
+    db.execute(
+        "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$"
+    )
+    db.execute(
+        "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON users DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()"
+    )
+    try:
+        yield
+    finally:
+        db.execute("DROP TRIGGER refuse_at_commit ON users")
+        db.execute("DROP FUNCTION refuse_at_commit()")
+
+
+def test_no_eviction_when_the_write_rolls_back(server, database, db):
+    db.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
+    cache = WatchedCache(make_cache(server)[0], db)
     cache.put(ANN)
-    with Flask(__name__).test_request_context(method="POST"):  # GET would be READ ONLY
-        conn = transaction.connection()
-        conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
-        transaction.after_commit(lambda: cache.invalidate(1))
-        if finish == "rollback":
-            transaction.finish(commit=False)
-        elif finish == "restart":
-            transaction.restart()  # a whole-transaction retry: the next attempt registers again
-            transaction.finish(commit=True)
-        else:
-            with contextlib.suppress(psycopg.errors.DivisionByZero):
-                conn.execute("SELECT 1/0")  # aborts the transaction: COMMIT cannot succeed
-            with pytest.raises(CommitFailed):
-                transaction.finish(commit=True)
+    with pytest.raises(EmailTaken):
+        user_service(database, cache).register("Imposter", "ANN@example.org")
+    assert cache.users_seen_at_eviction == []
+    assert server.admin().exists("user:1") == 1
+
+
+def test_no_eviction_when_commit_fails(server, database, db, refused_at_commit):
+    cache = WatchedCache(make_cache(server)[0], db)
+    cache.put(ANN)
+    with pytest.raises(CommitFailed):
+        user_service(database, cache).register("Ann", "ann@example.org")
+    assert cache.users_seen_at_eviction == []
     assert server.admin().exists("user:1") == 1
     assert count_users(db) == 0

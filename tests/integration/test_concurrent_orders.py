@@ -12,27 +12,24 @@ from webapp.models import OrderLine
 from webapp.repositories import IdempotencyRepository, OrderRepository, ProductRepository, UserRepository
 from webapp.resilience import Deadline
 from webapp.services import OrderService
+from webapp.unit_of_work import PostgresUnitOfWork
 
 
-class OneTransaction:
-    """A unit of work over one explicit connection (what RequestTransaction is for a request)."""
+def order_service(database: Database) -> OrderService:
+    """The service as create_app wires it, shared by every thread (each sees its own transaction),
+    but with one attempt only: a deadlock or serialization failure must surface, not be retried away."""
+    uow = PostgresUnitOfWork(database, deadline=lambda: Deadline(20))
+    return OrderService(
+        uow, UserRepository(uow.current), ProductRepository(uow.current), OrderRepository(uow.current),
+        IdempotencyRepository(uow.current), attempts=1,
+    )
 
-    def __init__(self, conn):  # type: ignore[no-untyped-def]
-        self.conn = conn
 
-    def restart(self) -> None:
-        raise AssertionError("no retry expected in this test")
-
-
-def place_one(database: Database, user_id: int, product_ids: list[int]) -> str:
-    with database.transaction(Deadline(20)) as conn:
-        source = lambda: conn  # noqa: E731
-        service = OrderService(OneTransaction(conn), UserRepository(source), ProductRepository(source),
-                               OrderRepository(source), IdempotencyRepository(source))
-        try:
-            service.place_order(user_id, [OrderLine(p, 1) for p in product_ids])
-        except InsufficientStock:
-            return "409"
+def place_one(service: OrderService, user_id: int, product_ids: list[int]) -> str:
+    try:
+        service.place_order(user_id, [OrderLine(p, 1) for p in product_ids])
+    except InsufficientStock:
+        return "409"
     return "201"
 
 
@@ -45,8 +42,9 @@ def test_one_hundred_concurrent_orders_against_stock_twenty_sell_exactly_twenty(
     database = Database(database_url, min_size=0, max_size=20, timeout=20, max_waiting=200)
     database.open()
     try:
+        service = order_service(database)
         with ThreadPoolExecutor(max_workers=100) as pool:
-            outcomes = list(pool.map(lambda _: place_one(database, user_id, [product]), range(100)))
+            outcomes = list(pool.map(lambda _: place_one(service, user_id, [product]), range(100)))
     finally:
         database.close()
     assert outcomes.count("201") == 20
@@ -66,9 +64,10 @@ def test_orders_locking_the_same_products_in_opposite_request_order_never_deadlo
     database = Database(database_url, min_size=0, max_size=10, timeout=20, max_waiting=200)
     database.open()
     try:
+        service = order_service(database)
         with ThreadPoolExecutor(max_workers=20) as pool:
             orders = [ids if i % 2 else list(reversed(ids)) for i in range(60)]
-            outcomes = list(pool.map(lambda p: place_one(database, user_id, p), orders))
+            outcomes = list(pool.map(lambda p: place_one(service, user_id, p), orders))
     finally:
         database.close()
     assert outcomes == ["201"] * 60  # a deadlock would surface as TransientDatabaseError here

@@ -24,8 +24,9 @@ def test_embedded_postgres_starts_migrates_and_serves_the_app(tmp_path: Path):
         try:
             client = app.test_client()
             created = client.post("/users", json={"name": "Ann", "email": "ann@example.org"})
-            assert created.status_code == 201
-            assert client.get(f"/users/{created.json['id']}").json["email"] == "ann@example.org"
+            assert created.status_code == 201 and created.json is not None
+            fetched = client.get(f"/users/{created.json['id']}")
+            assert fetched.json is not None and fetched.json["email"] == "ann@example.org"
         finally:
             close_app(app)
         with psycopg.connect(url) as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -87,3 +88,43 @@ def test_a_missing_sql_folder_fails_before_touching_the_database(empty_database:
         migrate(empty_database, tmp_path / "nowhere")
     with psycopg.connect(empty_database) as conn:
         assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
+
+
+def test_0004_moves_each_remembered_key_under_its_user_and_drops_the_ones_it_cannot_attribute(
+    empty_database: str, tmp_path: Path
+):
+    for path in migration_files():
+        if path.name < "0004":
+            shutil.copy(path, tmp_path)
+    migrate(empty_database, tmp_path)  # the schema as a release before 0004 left it, with its data
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        user = conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'a@example.org') RETURNING id").fetchone()
+        order = conn.execute("INSERT INTO orders (user_id, total_cents) VALUES (%s, 0) RETURNING id", user).fetchone()
+        assert user is not None and order is not None
+        conn.execute(
+            "INSERT INTO idempotency_keys (key, request_hash, status_code, response) VALUES "
+            "('k-1', 'hash-1', 201, jsonb_build_object('id', %s::bigint, 'user_id', %s::bigint, 'items', '[]'::jsonb)),"
+            "('k-2', 'hash-2', 201, '{\"error\": {\"code\": \"conflict\"}}')",  # names no order: dropped
+            (order[0], user[0]),
+        )
+    assert migrate(empty_database) == ["0004_idempotency_keys_per_user.sql"]
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        rows = conn.execute("SELECT user_id, key, request_hash, order_id FROM idempotency_keys").fetchall()
+        assert rows == [(user[0], "k-1", "hash-1", order[0])]
+        # Keys are per user now: another user may use the same key; one user may not use it twice.
+        other = conn.execute("INSERT INTO users (name, email) VALUES ('Bob', 'b@example.org') RETURNING id").fetchone()
+        assert other is not None
+        conn.execute(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, order_id) VALUES (%s, 'k-1', 'h', %s)",
+            (other[0], order[0]),
+        )
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                "INSERT INTO idempotency_keys (user_id, key, request_hash, order_id) VALUES (%s, 'k-1', 'h', %s)",
+                (user[0], order[0]),
+            )
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):  # a key can only name an existing order
+            conn.execute(
+                "INSERT INTO idempotency_keys (user_id, key, request_hash, order_id) VALUES (%s, 'k-3', 'h', -1)",
+                user,
+            )

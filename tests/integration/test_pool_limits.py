@@ -7,14 +7,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from contextlib import ExitStack
 
-import psycopg
 import pytest
 
-from webapp.db import Database
+from webapp.db import Database, Transaction
 from webapp.errors import Unavailable
-from webapp.resilience import Deadline
+from webapp.resilience import CLOSED, Deadline
 
 CHECKOUT_TIMEOUT = 0.5
 MARGIN = 0.3  # thread start-up and scheduling on a busy 2-core machine
@@ -30,22 +29,23 @@ def database(database_url: str, db) -> Iterator[Database]:
 
 
 @pytest.fixture
-def exhausted(database: Database) -> Iterator[list[psycopg.Connection[Any]]]:
+def exhausted(database: Database) -> Iterator[list[Transaction]]:
     """Both connections checked out, each inside an open transaction (a slow request's)."""
-    held = [database.begin(Deadline(30)) for _ in range(2)]
-    yield held  # a test may end some of them early (it pops them off the list)
-    for conn in held:
-        database.end(conn, commit=False)
+    with ExitStack() as stack:
+        held = [stack.enter_context(database.transaction(Deadline(30))) for _ in range(2)]
+        for tx in held:
+            tx.execute("SELECT 1")  # the first statement takes the connection
+        yield held  # a test may end some of them early (it pops them off the list and closes them)
 
 
 def checkout(database: Database, deadline: Deadline) -> tuple[str, float]:
-    """Try to begin a transaction; return the outcome and how long it took."""
+    """Try to run a transaction's first statement; return the outcome and how long it took."""
     started = time.monotonic()
     try:
-        conn = database.begin(deadline)
+        with database.transaction(deadline) as tx:
+            tx.execute("SELECT 1")
     except Unavailable:
         return "unavailable", time.monotonic() - started
-    database.end(conn, commit=False)
     return "ok", time.monotonic() - started
 
 
@@ -101,15 +101,16 @@ def test_a_flood_on_an_exhausted_pool_is_refused_quickly_and_never_opens_more_co
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'webapp' AND datname = current_database()"
     ).fetchone()
     assert connections == (2,)  # max_size holds under pressure
+    assert database.breaker.state == CLOSED  # a busy pool is not a dead database: nothing fails fast later
 
 
 def test_a_queued_caller_gets_the_first_connection_returned_and_the_pool_recovers(database: Database, exhausted, db):
     waiter, waited = in_thread(checkout, database, Deadline(10))
     wait_for_waiters(database, 1)
-    database.end(exhausted.pop(), commit=False)  # a slow request finishes
+    exhausted.pop().close()  # a slow request finishes: its connection goes back to the pool
     waiter.join()
     assert waited[0][0] == "ok" and waited[0][1] < CHECKOUT_TIMEOUT
-    database.end(exhausted.pop(), commit=False)
+    exhausted.pop().close()
     assert [checkout(database, Deadline(5))[0] for _ in range(10)] == ["ok"] * 10
     stats = database.stats()
     assert stats["available"] == stats["size"] == 2 and stats["waiting"] == 0

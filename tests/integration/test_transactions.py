@@ -1,20 +1,30 @@
-"""Database.transaction: commit, rollback, a deadline as statement_timeout, and clean connections."""
+"""Database.transaction: explicit commit, rollback otherwise, the deadline as SET LOCAL statement_timeout,
+no session state left behind, and a silent server cut off by the watchdog and kept out by the breaker."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, LiteralString
 
 import psycopg
 import pytest
 
-from webapp.db import CommitFailed, Database
-from webapp.errors import DeadlineExceeded, Unavailable
-from webapp.resilience import Deadline
+from webapp.db import Database, Transaction, database_breaker
+from webapp.errors import CommitFailed, DeadlineExceeded, Unavailable
+from webapp.resilience import CLOSED, HALF_OPEN, OPEN, Deadline
+from webapp.watchdog import GRACE_SECONDS
+
+INSERT_ANN = "INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')"
 
 
 @pytest.fixture
-def database(database_url: str, db):
+def database(database_url: str, db) -> Iterator[Database]:
     database = Database(database_url, min_size=1, max_size=2, timeout=2)
     database.open()
     # Until its first connection is up, a checkout makes the pool grow a second one in the
@@ -24,30 +34,62 @@ def database(database_url: str, db):
     database.close()
 
 
+@pytest.fixture
+def one_connection(database_url: str, db) -> Iterator[Database]:
+    """A pool of exactly one connection: every transaction runs on the same server session."""
+    database = Database(database_url, min_size=1, max_size=1, timeout=2)
+    database.open()
+    database.pool.wait(timeout=5)
+    yield database
+    database.close()
+
+
+def one_row(tx: Transaction, query: LiteralString) -> tuple[Any, ...]:
+    """The single row the query returns."""
+    row = tx.execute(query).fetchone()
+    assert row is not None
+    return row
+
+
 def count_users(db: psycopg.Connection) -> int:
     row = db.execute("SELECT count(*) FROM users").fetchone()
     return row[0] if row else -1
 
 
-def test_a_transaction_commits_on_success(database: Database, db):
-    with database.transaction(Deadline(5)) as conn:
-        conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
+def app_sessions(db: psycopg.Connection) -> list[tuple[int, str]]:
+    """(pid, state) of the app's server sessions on the test database."""
+    return db.execute(
+        "SELECT pid, state FROM pg_stat_activity WHERE application_name = 'webapp' AND datname = current_database()"
+    ).fetchall()
+
+
+def test_a_transaction_commits_only_when_told_to(database: Database, db):
+    with database.transaction(Deadline(5)) as tx:
+        tx.execute(INSERT_ANN)
+        tx.commit()
     assert count_users(db) == 1
 
 
+def test_leaving_the_block_without_commit_rolls_back(database: Database, db):
+    with database.transaction(Deadline(5)) as tx:
+        tx.execute(INSERT_ANN)  # a service that forgets tx.commit() writes nothing
+    assert count_users(db) == 0
+
+
 def test_an_exception_rolls_back_everything_and_propagates(database: Database, db):
-    with pytest.raises(RuntimeError), database.transaction(Deadline(5)) as conn:
-        conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
+    with pytest.raises(RuntimeError), database.transaction(Deadline(5)) as tx:
+        tx.execute(INSERT_ANN)
         raise RuntimeError("boom")
     assert count_users(db) == 0
 
 
 def test_a_commit_after_a_failed_statement_raises_instead_of_silently_rolling_back(database: Database, db):
     # Postgres answers COMMIT with "ROLLBACK" (no error) once a statement failed.
-    with pytest.raises(CommitFailed), database.transaction(Deadline(5)) as conn:
-        conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
+    with pytest.raises(CommitFailed), database.transaction(Deadline(5)) as tx:
+        tx.execute(INSERT_ANN)
         with contextlib.suppress(psycopg.errors.DivisionByZero):
-            conn.execute("SELECT 1/0")  # a careless caller swallows the error and carries on
+            tx.execute("SELECT 1/0")  # a careless caller swallows the error and carries on
+        tx.commit()
     assert count_users(db) == 0
 
 
@@ -55,100 +97,266 @@ def test_a_commit_rejected_by_the_server_raises_commit_failed(database: Database
     db.execute("CREATE TABLE IF NOT EXISTS deferred_check (id int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
     db.execute("TRUNCATE deferred_check")
     try:
-        with pytest.raises(CommitFailed), database.transaction(Deadline(5)) as conn:
-            conn.execute("INSERT INTO deferred_check VALUES (1), (1)")  # checked only at COMMIT
+        with pytest.raises(CommitFailed), database.transaction(Deadline(5)) as tx:
+            tx.execute("INSERT INTO deferred_check VALUES (1), (1)")  # checked only at COMMIT
+            tx.commit()
         assert db.execute("SELECT count(*) FROM deferred_check").fetchone() == (0,)
     finally:
         db.execute("DROP TABLE deferred_check")
 
 
 def test_the_deadline_becomes_the_statement_timeout(database: Database):
-    with database.transaction(Deadline(1.5)) as conn:
-        row = conn.execute("SELECT current_setting('statement_timeout')").fetchone()
+    with database.transaction(Deadline(1.5)) as tx:
+        row = tx.execute("SELECT current_setting('statement_timeout')").fetchone()
     assert row is not None
     assert row[0].endswith("ms") and 1000 < int(row[0][:-2]) <= 1500
 
 
-def test_a_statement_past_the_deadline_is_cancelled_and_the_connection_comes_back_clean(database: Database, db):
-    from webapp.db import translated_errors
+def test_no_session_state_outlives_a_transaction_on_its_pooled_connection(one_connection: Database, db):
+    # Behind a transaction-mode pooler the next client of this server session could be anyone:
+    # the deadline's statement_timeout must end with the transaction (SET LOCAL), not stay.
+    server_default = db.execute("SHOW statement_timeout").fetchone()[0]  # a fresh session's value
+    with one_connection.transaction(Deadline(1.5)) as tx:
+        pid, inside = one_row(tx, "SELECT pg_backend_pid(), current_setting('statement_timeout')")
+        tx.commit()
+    assert inside != server_default
+    with one_connection.pool.connection(timeout=2) as conn:  # the same session, outside any transaction
+        after = conn.execute("SELECT pg_backend_pid(), current_setting('statement_timeout')").fetchone()
+        set_in_session = conn.execute("SELECT name FROM pg_settings WHERE source = 'session'").fetchall()
+    assert after == (pid, server_default)
+    assert set_in_session == []  # nothing SET for the session at all
 
-    with pytest.raises(DeadlineExceeded), database.transaction(Deadline(0.2)) as conn, translated_errors():
-        conn.execute("SELECT pg_sleep(2)")
-    with database.transaction(Deadline(5)) as conn:
-        assert conn.execute("SELECT 1").fetchone() == (1,)
-    states = db.execute(
-        "SELECT state FROM pg_stat_activity WHERE application_name = 'webapp' AND datname = current_database()"
-    ).fetchall()
-    assert ("idle in transaction",) not in states and ("idle in transaction (aborted)",) not in states
+
+def test_the_pool_never_prepares_statements_on_the_server_by_default(one_connection: Database):
+    # A prepared statement lives in the server session: through PgBouncer < 1.21 in transaction
+    # mode the next execution may land on a session that never saw it.
+    with one_connection.transaction(Deadline(5), read_only=True) as tx:
+        for _ in range(10):  # psycopg would prepare after 5 runs with its default threshold
+            tx.execute("SELECT %s::int + 1", (1,))
+        prepared = tx.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+    with one_connection.pool.connection(timeout=2) as conn:
+        assert conn.prepare_threshold is None
+    assert prepared == (0,)
+
+
+def test_prepared_statements_can_be_turned_on_where_there_is_no_pooler(database_url: str, db):
+    database = Database(database_url, min_size=1, max_size=1, timeout=2, prepared_statements=True)
+    database.open()
+    try:
+        with database.transaction(Deadline(5), read_only=True) as tx:
+            for _ in range(10):
+                tx.execute("SELECT %s::int + 1", (1,))
+            prepared = tx.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+    finally:
+        database.close()
+    assert prepared is not None and prepared[0] >= 1  # the test above can fail: psycopg does prepare
+
+
+def test_a_statement_past_the_deadline_is_cancelled_and_the_connection_comes_back_clean(database: Database, db):
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded), database.transaction(Deadline(0.2)) as tx:
+        tx.execute("SELECT pg_sleep(2)")  # QueryCanceled, translated by tx.execute itself
+    assert time.monotonic() - started < 0.2 + GRACE_SECONDS  # Postgres cancelled it, not the watchdog
+    with database.transaction(Deadline(5)) as tx:
+        assert tx.execute("SELECT 1").fetchone() == (1,)
+    states = {state for _, state in app_sessions(db)}
+    assert "idle in transaction" not in states and "idle in transaction (aborted)" not in states
+    assert database.breaker.state == CLOSED  # a slow query is an answer, not a dead database
+
+
+def test_a_transaction_that_runs_no_statement_takes_no_connection(database: Database):
+    before = database.pool.get_stats().get("requests_num", 0)
+    with database.transaction(Deadline(5)) as tx:
+        tx.commit()  # a cache hit: nothing to run, nothing to commit
+    assert database.pool.get_stats().get("requests_num", 0) == before
 
 
 def test_an_expired_deadline_never_reaches_the_database(database: Database):
     deadline = Deadline(0.0001)
     time.sleep(0.01)
     before = database.pool.get_stats().get("requests_num", 0)
-    with pytest.raises(DeadlineExceeded), database.transaction(deadline):
-        pass
+    with pytest.raises(DeadlineExceeded), database.transaction(deadline) as tx:
+        tx.execute("SELECT 1")
     assert database.pool.get_stats().get("requests_num", 0) == before  # no checkout was attempted
 
 
 def test_an_unreachable_database_is_unavailable_within_the_checkout_timeout():
-    import time as clock
-
     database = Database("postgresql://postgres@127.0.0.1:1/none", min_size=0, max_size=1, timeout=0.5)
     database.open()
-    started = clock.monotonic()
+    started = time.monotonic()
     try:
-        with pytest.raises(Unavailable), database.transaction(Deadline(5)):
-            pass
+        with pytest.raises(Unavailable), database.transaction(Deadline(5)) as tx:
+            tx.execute("SELECT 1")
     finally:
         database.close(timeout=1)
-    assert clock.monotonic() - started < 2
+    assert time.monotonic() - started < 2
 
 
 def test_connections_return_to_the_pool_idle_after_commit_and_rollback(database: Database, db):
-    with database.transaction(Deadline(5)) as conn:
-        conn.execute("SELECT 1")
-    with pytest.raises(ValueError), database.transaction(Deadline(5)) as conn:
-        conn.execute("SELECT 1")
+    with database.transaction(Deadline(5)) as tx:
+        tx.execute("SELECT 1")
+        tx.commit()
+    with pytest.raises(ValueError), database.transaction(Deadline(5)) as tx:
+        tx.execute("SELECT 1")
         raise ValueError
-    states = db.execute(
-        "SELECT state FROM pg_stat_activity WHERE application_name = 'webapp' AND datname = current_database()"
-    ).fetchall()
-    assert states and all(state == ("idle",) for state in states)
+    states = [state for _, state in app_sessions(db)]
+    assert states and all(state == "idle" for state in states)
     assert database.stats()["available"] == database.stats()["size"]
 
 
 def test_a_connection_lost_under_commit_is_unavailable_not_a_500(database: Database, db):
-    with pytest.raises(Unavailable), database.transaction(Deadline(5)) as conn:
-        conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
+    with pytest.raises(Unavailable), database.transaction(Deadline(5)) as tx:
+        tx.execute(INSERT_ANN)
+        pid = one_row(tx, "SELECT pg_backend_pid()")[0]
         # Another session kills ours, as a Postgres restart would, just before COMMIT.
-        db.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        tx.commit()
     assert count_users(db) == 0
-
 
 
 def test_a_pooled_connection_that_died_is_replaced_before_the_transaction_starts(database: Database, db):
-    dead = database.begin(Deadline(5))
-    dead_pid = dead.info.backend_pid
-    database.end(dead, commit=True)
+    with database.transaction(Deadline(5)) as tx:
+        dead_pid = one_row(tx, "SELECT pg_backend_pid()")[0]
     # As a Postgres restart would: the pool still holds the connection, its server is gone.
     db.execute("SELECT pg_terminate_backend(%s)", (dead_pid,))
-    conn = database.begin(Deadline(5))
-    try:
-        assert conn.info.backend_pid != dead_pid
-        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
-    finally:
-        database.end(conn, commit=True)
+    with database.transaction(Deadline(5)) as tx:
+        pid, timeout = one_row(tx, "SELECT pg_backend_pid(), current_setting('statement_timeout')")
+    assert pid != dead_pid
+    assert timeout != "0"  # BEGIN; SET LOCAL ran on the fresh connection: the transaction is whole
+    assert database.breaker.state == CLOSED  # the retry on a fresh connection answered
 
 
-def test_a_read_only_transaction_refuses_writes_and_commits_its_reads(database: Database, db):
-    with database.transaction(Deadline(5), read_only=True) as conn:
-        assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
+def test_a_read_only_transaction_refuses_writes(database: Database, db):
+    with database.transaction(Deadline(5), read_only=True) as tx:
+        assert tx.execute("SELECT count(*) FROM users").fetchone() == (0,)
+        tx.commit()
     refused = pytest.raises(psycopg.errors.ReadOnlySqlTransaction)
-    with refused, database.transaction(Deadline(5), read_only=True) as conn:
-        conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
+    with refused, database.transaction(Deadline(5), read_only=True) as tx:
+        tx.execute(INSERT_ANN)
     assert count_users(db) == 0
     # The connection came back idle and read-write: the next transaction may write.
-    with database.transaction(Deadline(5)) as conn:
-        conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
+    with database.transaction(Deadline(5)) as tx:
+        tx.execute(INSERT_ANN)
+        tx.commit()
     assert count_users(db) == 1
+
+
+# A silent server: its backend process is stopped (SIGSTOP), so it neither answers nor enforces
+# statement_timeout, like a frozen VM or a paused pooler. Only the watchdog can end the wait.
+
+SILENT_DEADLINE = 0.5
+
+
+@contextlib.contextmanager
+def silenced(backend: tuple[Any, ...], at_most: float = SILENT_DEADLINE + GRACE_SECONDS + 2) -> Iterator[None]:
+    """Stop the backend (pid, client port) for the block, and never for longer than at_most seconds.
+
+    at_most bounds the test when the watchdog is broken: the server answers late, the timing fails.
+    """
+    pid, port = backend
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        pytest.skip("Postgres does not run on this host: cannot stop its backend")
+    # Never signal anything but the backend of our own connection (same host, same client port).
+    if comm != "postgres" or (port is not None and f"({port})" not in cmdline):
+        pytest.skip(f"pid {pid} is not this connection's Postgres backend on this host")
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except PermissionError:
+        pytest.skip("not allowed to stop the Postgres backend (run the tests as root or as postgres)")
+    resume = threading.Timer(at_most, os.kill, (pid, signal.SIGCONT))
+    resume.start()
+    try:
+        yield
+    finally:
+        resume.cancel()
+        os.kill(pid, signal.SIGCONT)
+
+
+BACKEND = "SELECT pg_backend_pid(), inet_client_port()"
+WHERE = ["mid-transaction", "at BEGIN"]
+
+
+def cut_off(database: Database, where: str) -> tuple[int, float]:
+    """Silence the server of the pool's only connection, mid-transaction or before its BEGIN.
+
+    Returns the backend's pid and the seconds from the start of the transaction's deadline until
+    DeadlineExceeded came out of it.
+    """
+    if where == "at BEGIN":
+        with database.transaction(Deadline(5)) as tx:
+            backend = one_row(tx, BACKEND)  # the connection goes back to the pool, idle
+    with contextlib.ExitStack() as resume_afterwards:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded), database.transaction(Deadline(SILENT_DEADLINE)) as tx:
+            if where == "mid-transaction":
+                backend = one_row(tx, BACKEND)
+            resume_afterwards.enter_context(silenced(backend))
+            tx.execute("SELECT 1")  # at BEGIN: the BEGIN this statement needs first is what waits
+        elapsed = time.monotonic() - started
+    return backend[0], elapsed
+
+
+def wait_until_gone(db: psycopg.Connection, pid: int) -> None:
+    deadline = time.monotonic() + 5
+    while pid in {p for p, _ in app_sessions(db)}:
+        assert time.monotonic() < deadline, f"backend {pid} still connected"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_a_silent_server_is_cut_off_at_the_deadline_and_its_connection_is_never_reused(
+    database_url: str, db, where: str
+):
+    # reset_after=0: the breaker lets the very next call through, so this test sees only the pool.
+    database = Database(database_url, min_size=1, max_size=1, timeout=2, breaker=database_breaker(reset_after=0))
+    database.open()
+    database.pool.wait(timeout=5)
+    try:
+        pid, elapsed = cut_off(database, where)
+        # Not before deadline + grace (Postgres gets its chance to answer first), and not much after.
+        assert SILENT_DEADLINE + GRACE_SECONDS * 0.8 <= elapsed < SILENT_DEADLINE + GRACE_SECONDS + 0.5
+        assert database.pool.get_stats().get("returns_bad", 0) == 1  # the pool discarded it
+        with database.transaction(Deadline(5)) as tx:
+            assert one_row(tx, "SELECT pg_backend_pid()")[0] != pid
+        wait_until_gone(db, pid)  # resumed, the backend finds its client gone and exits
+    finally:
+        database.close()
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_a_silent_server_opens_the_breaker_until_reset_after_then_a_trial_closes_it(
+    database_url: str, db, where: str
+):
+    moves: list[str] = []
+    reset_after = 0.5
+    database = Database(
+        database_url, min_size=1, max_size=1, timeout=2,
+        breaker=database_breaker(reset_after=reset_after, on_transition=lambda _n, _old, new: moves.append(new)),
+    )
+    database.open()
+    database.pool.wait(timeout=5)
+    try:
+        cut_off(database, where)
+        cut_at = time.monotonic()
+        assert database.breaker.state == OPEN
+        # Open: the next request fails at once instead of waiting out its deadline on a dead server.
+        with pytest.raises(Unavailable), database.transaction(Deadline(5)) as tx:
+            tx.execute("SELECT 1")
+        assert time.monotonic() - cut_at < 0.1 < database.checkout_timeout
+        # After reset_after the first request is the trial; the server answers, so the circuit closes.
+        while True:
+            try:
+                with database.transaction(Deadline(5)) as tx:
+                    assert tx.execute("SELECT 1").fetchone() == (1,)
+                break
+            except Unavailable:
+                assert time.monotonic() - cut_at < reset_after + 2, "the breaker never let a trial through"
+                time.sleep(0.02)
+        assert time.monotonic() - cut_at >= reset_after * 0.9
+        assert database.breaker.state == CLOSED
+        assert moves == [OPEN, HALF_OPEN, CLOSED]
+    finally:
+        database.close()

@@ -1,16 +1,18 @@
-"""In-memory fakes of the repositories and unit of work (cosmicpython style) for service tests.
+"""In-memory fakes of the repositories, cache and unit of work (cosmicpython style) for service tests.
 
-The fake unit of work keeps a snapshot so `restart()` really undoes what the attempt did,
-like a Postgres ROLLBACK would.
+They satisfy the Protocols in webapp/services/ports.py (mypy checks tests/ too). The fake unit of
+work behaves like a Postgres transaction where it matters to the services: what a transaction did
+is undone unless it commits, and it records each commit and rollback, with the cache's calls, in
+one event list, so a test can tell the order in which they happened.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 from webapp.errors import EmailTaken, TransientDatabaseError
 from webapp.models import Order, OrderItem, Page, Product, User
@@ -23,19 +25,45 @@ class FakeState:
         self.users: dict[int, User] = {}
         self.products: dict[int, Product] = {}
         self.orders: dict[int, Order] = {}
-        self.keys: dict[str, tuple[str, int, dict[str, Any]]] = {}
+        self.keys: dict[tuple[int, str], tuple[str, int]] = {}
+        self.events: list[str] = []  # "begin", "begin read-only", "commit", "rollback", "cache ..."
+
+
+class FakeTransaction:
+    def __init__(self, state: FakeState):
+        self.state = state
+        self.committed = False
+
+    def commit(self) -> None:
+        self.committed = True
+        self.state.events.append("commit")
 
 
 class FakeUnitOfWork:
+    """`with uow.begin() as tx`: a snapshot of the state, restored unless tx.commit() was called."""
+
     def __init__(self, state: FakeState):
         self.state = state
-        self.snapshot = copy.deepcopy(state.__dict__)
-        self.restarts = 0
-        self.claimed: set[str] = set()
 
-    def restart(self) -> None:
-        self.state.__dict__.update(copy.deepcopy(self.snapshot))
-        self.restarts += 1
+    @contextmanager
+    def begin(self, *, read_only: bool = False) -> Iterator[FakeTransaction]:
+        self.state.events.append("begin read-only" if read_only else "begin")
+        snapshot = copy.deepcopy({k: v for k, v in vars(self.state).items() if k != "events"})
+        tx = FakeTransaction(self.state)
+        try:
+            yield tx
+        finally:
+            if not tx.committed:
+                vars(self.state).update(snapshot)
+                self.state.events.append("rollback")
+
+    @property
+    def commits(self) -> int:
+        return self.state.events.count("commit")
+
+    @property
+    def rollbacks(self) -> int:
+        return self.state.events.count("rollback")
 
 
 class FakeUsers:
@@ -92,10 +120,13 @@ class FakeProducts:
 
 
 class FakeOrders:
-    def __init__(self, state: FakeState):
+    def __init__(self, state: FakeState, fail_on_add: bool = False):
         self.state = state
+        self.fail_on_add = fail_on_add  # a step that fails after the stock was decremented
 
     def add(self, user_id: int, items: Sequence[OrderItem]) -> Order:
+        if self.fail_on_add:
+            raise RuntimeError("injected failure inserting the order")
         total = sum(i.quantity * i.unit_price_cents for i in items)
         order = Order(len(self.state.orders) + 1, user_id, total, NOW, tuple(items))
         self.state.orders[order.id] = order
@@ -111,22 +142,25 @@ class FakeOrders:
 
 
 class FakeKeys:
-    def __init__(self, state: FakeState, busy: set[str] | None = None):
+    def __init__(self, state: FakeState, busy: set[tuple[int, str]] | None = None):
         self.state = state
-        self.busy = busy or set()  # keys "held by another request"
+        self.busy = busy or set()  # (user, key) pairs "held by another request"
 
-    def try_claim(self, key: str) -> bool:
-        return key not in self.busy
+    def try_claim(self, user_id: int, key: str) -> bool:
+        return (user_id, key) not in self.busy
 
-    def find(self, key: str, retention_hours: int) -> tuple[str, int, dict[str, Any]] | None:
-        return self.state.keys.get(key)
+    def find(self, user_id: int, key: str, retention_hours: int) -> tuple[str, int] | None:
+        return self.state.keys.get((user_id, key))
 
-    def save(self, key: str, request_hash: str, status_code: int, response: dict[str, Any]) -> None:
-        self.state.keys[key] = (request_hash, status_code, response)
+    def save(self, user_id: int, key: str, request_hash: str, order_id: int) -> None:
+        self.state.keys[(user_id, key)] = (request_hash, order_id)
 
 
 class FakeCache:
-    def __init__(self) -> None:
+    health_check = None
+
+    def __init__(self, state: FakeState) -> None:
+        self.state = state
         self.store: dict[int, User] = {}
 
     def get(self, user_id: int) -> User | None:
@@ -136,4 +170,5 @@ class FakeCache:
         self.store[user.id] = user
 
     def invalidate(self, user_id: int) -> None:
+        self.state.events.append(f"cache invalidate {user_id}")
         self.store.pop(user_id, None)

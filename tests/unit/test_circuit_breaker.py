@@ -329,3 +329,28 @@ def test_a_failing_on_transition_callback_does_not_break_the_call(caplog: pytest
 def test_invalid_configuration_is_rejected(threshold: int, reset_after: float) -> None:
     with pytest.raises(ValueError):
         CircuitBreaker("redis", threshold=threshold, reset_after=reset_after)
+
+
+def test_a_failure_recorded_outside_a_call_counts_towards_opening():
+    clock = FakeClock()
+    breaker = CircuitBreaker("db", threshold=2, reset_after=5, clock=clock)
+    breaker.record_failure()
+    assert breaker.state == CLOSED
+    breaker.record_failure()
+    assert breaker.state == OPEN
+    with pytest.raises(CircuitOpen):
+        breaker.call(lambda: "not called")
+
+
+def test_a_failure_recorded_while_the_trial_runs_reopens_and_the_trials_late_success_is_ignored():
+    clock = FakeClock()
+    breaker = CircuitBreaker("db", threshold=1, reset_after=5, clock=clock)
+    breaker.record_failure()
+    clock.now += 5
+
+    def trial() -> str:
+        breaker.record_failure()  # e.g. the watchdog cut another connection meanwhile
+        return "ok"
+
+    assert breaker.call(trial) == "ok"
+    assert breaker.state == OPEN

@@ -1,14 +1,13 @@
-"""Helpers shared by the API blueprints: reading a JSON body, the request's deadline."""
+"""What the API blueprints share: reading a JSON body."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from flask import g, request
+from flask import request
 
 from webapp.errors import MalformedRequest
-from webapp.resilience import Deadline
 
 
 def json_body() -> Any:
@@ -18,8 +17,3 @@ def json_body() -> Any:
     # JSONDecodeError is a ValueError; a body nested thousands deep ([[[[...) exhausts the decoder's recursion limit.
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MalformedRequest(f"request body is not valid JSON: {exc.__class__.__name__}") from exc
-
-
-def request_deadline() -> Deadline | None:
-    """The deadline http.py set for this request."""
-    return g.get("deadline")

@@ -1,17 +1,15 @@
-"""HealthService: check every dependency concurrently, each under its own timeout."""
+"""HealthService: check every dependency concurrently, each under its own timeout, never piling up."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from webapp.errors import DomainError
+from webapp.services.ports import Check
 
 log = logging.getLogger(__name__)
-
-Check = Callable[[float], None]  # raises when the dependency is unwell; gets its timeout in seconds
 
 OK, DISABLED, TIMEOUT = "ok", "disabled", "timeout"
 # A check that honours its timeout returns within it; this much more covers thread start-up.
@@ -27,6 +25,8 @@ class HealthService:
         self._timeout = timeout
         # A small pool of its own: a probe never waits behind request work, and never grows.
         self._executor = ThreadPoolExecutor(max_workers=len(required) + len(optional), thread_name_prefix="health")
+        self._in_flight: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
         self._stopping = threading.Event()
 
     def mark_stopping(self) -> None:
@@ -44,13 +44,12 @@ class HealthService:
         The whole call takes at most the timeout (plus a little), however many checks hang.
         """
         checks = {**self._required, **{k: v for k, v in self._optional.items() if v is not None}}
-        futures = {name: self._executor.submit(check, self._timeout) for name, check in checks.items()}
+        futures = {name: self._start(name, check) for name, check in checks.items()}
         # One deadline for all: waiting on each future in turn could add their timeouts up.
         wait(futures.values(), timeout=self._timeout + _GRACE_SECONDS)
         results = {name: DISABLED for name, check in self._optional.items() if check is None}
         for name, future in futures.items():
             if not future.done():
-                future.cancel()  # still queued behind a hung check: do not run it late
                 results[name] = TIMEOUT
             elif (exc := future.exception()) is not None:
                 results[name] = reason(exc)
@@ -59,6 +58,20 @@ class HealthService:
                 results[name] = OK
         healthy = all(results[name] == OK for name in self._required)
         return healthy, results
+
+    def _start(self, name: str, check: Check) -> Future[None]:
+        """The check's future: a new one, or the one still running from an earlier probe.
+
+        One check in flight per dependency: probes of a hung database must not stack up threads
+        and connections; they wait on (and report) the check already under way.
+        """
+        with self._lock:
+            running = self._in_flight.get(name)
+            if running is not None and not running.done():
+                return running
+            future = self._executor.submit(check, self._timeout)
+            self._in_flight[name] = future
+            return future
 
     def close(self) -> None:
         """Stop the probe threads."""

@@ -1,20 +1,25 @@
-"""What services need from the outside world, as Protocols: Postgres repositories and the
-in-memory fakes of the unit tests both fit them."""
+"""What services need from the outside world, as Protocols: the Postgres repositories and unit of
+work, and the in-memory fakes of the unit tests, both fit them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 from webapp.models import Order, OrderItem, Page, Product, User
 
+Check = Callable[[float], None]  # a health check: raises when the dependency is unwell; gets its timeout in s
+
+
+class Transaction(Protocol):
+    def commit(self) -> None:
+        """Make the transaction's work durable; raises if COMMIT did not happen."""
+
 
 class UnitOfWork(Protocol):
-    def restart(self) -> None:
-        """Roll back everything done so far; the next query starts a fresh transaction."""
-
-    def after_commit(self, callback: Callable[[], None]) -> None:
-        """Run callback after a successful COMMIT only (cache invalidation)."""
+    def begin(self, *, read_only: bool = False) -> AbstractContextManager[Transaction]:
+        """Open a transaction: `with uow.begin() as tx: ...; tx.commit()`; without commit() it rolls back."""
 
 
 class UserStore(Protocol):
@@ -26,6 +31,10 @@ class UserStore(Protocol):
 
 class UserCache(Protocol):
     """A best-effort cache: get returns None on a miss *or* when the cache is unwell; never raises."""
+
+    @property
+    def health_check(self) -> Check | None:
+        """The readiness check for this cache; None when no cache is configured."""
 
     def get(self, user_id: int) -> User | None: ...
     def put(self, user: User) -> None: ...
@@ -46,19 +55,7 @@ class OrderStore(Protocol):
 
 
 class IdempotencyStore(Protocol):
-    def try_claim(self, key: str) -> bool: ...
-    def find(self, key: str, retention_hours: int) -> tuple[str, int, dict[str, Any]] | None: ...
-    def save(self, key: str, request_hash: str, status_code: int, response: dict[str, Any]) -> None: ...
+    def try_claim(self, user_id: int, key: str) -> bool: ...
+    def find(self, user_id: int, key: str, retention_hours: int) -> tuple[str, int] | None: ...
+    def save(self, user_id: int, key: str, request_hash: str, order_id: int) -> None: ...
 
-
-class NoCache:
-    """The cache used when REDIS_URL is unset: always a miss."""
-
-    def get(self, user_id: int) -> User | None:
-        return None
-
-    def put(self, user: User) -> None:
-        pass
-
-    def invalidate(self, user_id: int) -> None:
-        pass

@@ -1,0 +1,172 @@
+"""The request pipeline: what wraps every request, written down once, in the order it runs.
+
+    request id → deadline → log line + metrics → errors to HTTP → body limits → view
+
+create_app lists the steps (`app.use(...)`), like ardanlabs' `web.NewApp(mid.Logger, mid.Errors,
+...)`. Each step is a Middleware: it gets the next handler and returns a handler that wraps it,
+so the order is the list's order and nothing depends on Flask's hook registration order.
+Transactions are not a step: each service method opens its own (`with uow.begin() as tx`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+
+from webapp.observability import Metrics
+from webapp.resilience import Deadline
+
+Handler = Callable[[], Response]
+Middleware = Callable[[Handler], Handler]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client may ask for a shorter budget than REQUEST_TIMEOUT (never a longer one).
+TIMEOUT_HEADER = "X-Request-Timeout"
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Probes run every few seconds; their lines go to DEBUG so they do not drown the rest.
+QUIET_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+
+
+class PipelineFlask(Flask):
+    """Flask whose every request runs through the middleware given to use(), outermost first.
+
+    full_dispatch_request is Flask's public, documented "dispatch with pre- and post-processing
+    and error handling" step; the innermost handler is Flask's own. TRAP_HTTP_EXCEPTIONS lets
+    404/405/413 reach the errors step as exceptions instead of becoming HTML pages inside Flask.
+    """
+
+    _pipeline: Handler | None = None
+
+    def use(self, *middleware: Middleware) -> None:
+        """Run each request through middleware[0](middleware[1](...(Flask's dispatch)))."""
+        self.config["TRAP_HTTP_EXCEPTIONS"] = True
+        handler: Handler = super().full_dispatch_request
+        for step in reversed(middleware):
+            handler = step(handler)
+        self._pipeline = handler
+
+    def full_dispatch_request(self) -> Response:
+        if self._pipeline is None:
+            raise RuntimeError("PipelineFlask.use() was never called")
+        return self._pipeline()
+
+
+def request_id() -> Middleware:
+    """g.request_id: the caller's X-Request-ID when sane, else a new one; echoed on the response."""
+    new_id = request_id_factory()
+
+    def step(next_handler: Handler) -> Handler:
+        def handler() -> Response:
+            incoming = request.headers.get(REQUEST_ID_HEADER)
+            g.request_id = incoming if incoming and _SANE_REQUEST_ID.match(incoming) else new_id()
+            response = next_handler()
+            response.headers[REQUEST_ID_HEADER] = g.request_id
+            return response
+
+        return handler
+
+    return step
+
+
+def deadline(request_timeout: float) -> Middleware:
+    """g.deadline: the request's time budget, which every database wait inside it honours."""
+
+    def step(next_handler: Handler) -> Handler:
+        def handler() -> Response:
+            g.deadline = Deadline(budget(request.headers.get(TIMEOUT_HEADER), request_timeout))
+            return next_handler()
+
+        return handler
+
+    return step
+
+
+def log_and_measure(metrics: Metrics, logger: logging.Logger) -> Middleware:
+    """One log line and one metrics sample per request, with the status the client gets."""
+
+    def step(next_handler: Handler) -> Handler:
+        def handler() -> Response:
+            started = time.perf_counter()
+            response = next_handler()
+            record_request(response.status_code, time.perf_counter() - started, metrics, logger)
+            return response
+
+        return handler
+
+    return step
+
+
+def body_limits(max_body_bytes: int) -> Middleware:
+    """413 for a declared body over the limit, 415 for a body that is not JSON; before a byte is read."""
+
+    def step(next_handler: Handler) -> Handler:
+        def handler() -> Response:
+            if (request.content_length or 0) > max_body_bytes:
+                raise RequestEntityTooLarge(f"request body exceeds {max_body_bytes} bytes")
+            # Unrouted requests keep their 404/405: a wrong path is not a wrong content type.
+            routed = request.url_rule is not None
+            if request.method in _BODY_METHODS and routed and request.mimetype != "application/json":
+                raise UnsupportedMediaType("send the body as application/json")
+            return next_handler()
+
+        return handler
+
+    return step
+
+
+def record_request(status: int, seconds: float, metrics: Metrics | None, logger: logging.Logger, *,
+                   quiet_probes: bool = True) -> None:
+    """Count and log the current request as finished with `status` (also used for a worker timeout)."""
+    rule = request.url_rule.rule if request.url_rule else "<unmatched>"  # a bounded label set
+    if metrics is not None:
+        metrics.observe_request(request.method, rule, status, seconds)
+    logger.log(_level(status, quiet_probes and request.path in QUIET_PATHS), "request", extra={
+        "method": request.method,
+        "path": rule,
+        "raw_path": request.path,  # never the query string: it may carry tokens
+        "status": status,
+        "duration_ms": round(seconds * 1000, 2),
+        "request_id": g.get("request_id", ""),
+        "remote_addr": request.remote_addr,
+    })
+
+
+def _level(status: int, quiet: bool) -> int:
+    """DEBUG for probes; WARNING for 503/504 (expected in an incident, not our bug); ERROR for other 5xx."""
+    if quiet:
+        return logging.DEBUG
+    if status in (503, 504):
+        return logging.WARNING
+    return logging.ERROR if status >= 500 else logging.INFO
+
+
+def current_deadline() -> Deadline:
+    """The deadline the pipeline set for this request (services get it through create_app's wiring)."""
+    return g.deadline
+
+
+def request_id_factory() -> Callable[[], str]:
+    """Ids unique per process: a random prefix (drawn after fork, in create_app) and a counter."""
+    prefix = os.urandom(6).hex()
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):010x}"
+
+
+def budget(header: str | None, default: float) -> float:
+    """The request's time budget: the client's shorter X-Request-Timeout (seconds) if sane, else the default."""
+    if header:
+        try:
+            asked = float(header)
+        except ValueError:
+            return default
+        if 0 < asked < default:
+            return asked
+    return default
