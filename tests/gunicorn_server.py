@@ -39,7 +39,8 @@ SLOW_APP = "tests.gunicorn_app:create_app()"
 _CONTROLLED_ENV = (
     "DATABASE_URL", "REDIS_URL", "PORT", "BIND_HOST", "WEB_CONCURRENCY", "LOG_LEVEL", "PROMETHEUS_MULTIPROC_DIR",
     "METRICS_TOKEN", "SHUTDOWN_DRAIN_SECONDS", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT",
-    "GUNICORN_CMD_ARGS", "GUNICORN_BACKLOG", "GUNICORN_MAX_REQUESTS",
+    "GUNICORN_CMD_ARGS", "GUNICORN_BACKLOG", "GUNICORN_MAX_REQUESTS", "PRESTOP_SECONDS", "STOP_WINDOW_SECONDS",
+    "LOG_FORMAT", "WEBAPP_GUNICORN_SETTINGS", "SERVER_SOFTWARE",
 )
 
 
@@ -154,7 +155,7 @@ def run_gunicorn(
         child_env.update({
             "DATABASE_URL": database_url, "PORT": str(port), "WEB_CONCURRENCY": str(workers),
             "LOG_LEVEL": "info", "PROMETHEUS_MULTIPROC_DIR": str(metrics), "SHUTDOWN_DRAIN_SECONDS": "0",
-            "PYTHONUNBUFFERED": "1",
+            "PYTHONUNBUFFERED": "1", "FLASK_SKIP_DOTENV": "1",  # nor a developer's .env in the checkout
         })
         child_env.update(env or {})
         command = [

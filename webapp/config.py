@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -9,19 +10,28 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
+import dotenv
 import environs
+import psycopg
 from marshmallow.validate import OneOf, Range
+from psycopg.conninfo import conninfo_to_dict
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "console")
 
 
-class ConfigError(Exception):
-    """Every problem found in the environment, reported together."""
+class ConfigError(click.ClickException):
+    """Every problem found in the environment, reported together on one line.
+
+    Trap: the Flask CLI (`flask --app webapp routes`) calls create_app and prints a full traceback
+    for any exception but click's own; as a ClickException this one prints as "Error: <message>".
+    """
 
     def __init__(self, problems: dict[str, list[str]]):
         self.problems = problems
-        lines = [f"  {name}: {'; '.join(msgs)}" for name, msgs in sorted(problems.items())]
-        super().__init__("invalid configuration:\n" + "\n".join(lines))
+        parts = [f"{name}: {' '.join(msgs)}" for name, msgs in sorted(problems.items())]
+        super().__init__("invalid configuration: " + "; ".join(parts))
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,7 @@ class Config:
     database_url: str
     port: int = 8000
     log_level: str = "info"
+    log_format: str = "json"
     request_timeout: float = 10.0
     # A sync worker runs one request at a time: one connection for it, one for a concurrent
     # health check. More would hold Postgres (or PgBouncer) slots that are never used.
@@ -72,11 +83,13 @@ def mask_url(url: str | None) -> str:
     return re.sub(r"(//[^:/@?#]*:)[^@/?#]*@", r"\1***@", url)
 
 
-class _MappingEnv(environs.Env):
+class MappingEnv(environs.Env):
     """An environs Env that reads a given mapping instead of os.environ.
 
     Trap: environs always looks in os.environ first; tests and main(argv, environ)
-    pass their own mapping, so the lookup is overridden here, in one place.
+    pass their own mapping, so the lookup is overridden here, in one place. _get_value is
+    environs' internal hook (no public one exists): setup.cfg caps environs at its major, and
+    test_load_config_reads_only_the_mapping_it_is_given fails if an upgrade stops calling it.
     """
 
     def __init__(self, environ: Mapping[str, str]):
@@ -86,12 +99,58 @@ class _MappingEnv(environs.Env):
     def _get_value(self, env_key: str, default: Any) -> Any:
         return self._mapping.get(env_key, default)
 
+    def problems(self) -> dict[str, list[str]]:
+        """Every variable that failed to parse or validate, with its messages (never its value)."""
+        try:
+            self.seal()
+        except environs.EnvValidationError as exc:
+            messages = exc.error_messages  # {"VAR": ["problem", ...]} for eager=False
+            assert isinstance(messages, dict)
+            return {key: [str(m) for m in msgs] for key, msgs in messages.items()}
+        return {}
+
+
+def config_variables() -> list[str]:
+    """The name of every variable load_config reads, in its order (for `webapp <command> --help`)."""
+    asked: list[str] = []
+
+    class Recorder(dict[str, str]):
+        def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+            asked.append(key)
+            return default
+
+    with contextlib.suppress(ConfigError):  # DATABASE_URL is missing, of course
+        load_config(Recorder())
+    return asked
+
+
+def with_dotenv(environ: Mapping[str, str]) -> dict[str, str]:
+    """environ plus the variables of a .env file it does not set: the one .env rule of every entry point.
+
+    The same rule as the Flask CLI's (which reads .env by itself): the nearest .env from the
+    working directory upwards, variables already in the environment win, FLASK_SKIP_DOTENV=1
+    turns it off. So `webapp`, gunicorn with our settings and `flask` all see the same values.
+    """
+    if environ.get("FLASK_SKIP_DOTENV", "").lower() not in ("", "0", "false", "no"):
+        return dict(environ)
+    path = dotenv.find_dotenv(".env", usecwd=True)
+    from_file = dotenv.dotenv_values(path, encoding="utf-8") if path else {}
+    return {**{k: v for k, v in from_file.items() if v is not None}, **environ}
+
 
 def _database_url(value: str) -> str:
-    """Accept postgres:// and postgresql:// URLs, including the unix-socket form."""
+    """Accept postgres:// and postgresql:// URLs libpq can parse, including the unix-socket form."""
     scheme = urlsplit(value).scheme
     if scheme not in ("postgres", "postgresql"):
         raise environs.EnvError("must be a postgres:// or postgresql:// URL")
+    try:
+        conninfo_to_dict(value)
+    except psycopg.ProgrammingError:  # never `from exc`: libpq's message quotes the password
+        # Else the URL fails later, in migrate or the pool, with the raw token in the message.
+        raise environs.EnvError(
+            "libpq cannot parse this URL: percent-encode reserved characters in the user and password "
+            "(% as %25, @ as %40, / as %2F, : as %3A)"
+        ) from None
     if scheme == "postgres":  # libpq accepts both; normalise so logs look the same
         value = "postgresql" + value[len("postgres") :]
     return value
@@ -108,7 +167,7 @@ def _redis_url(value: str | None) -> str | None:
 
 def load_config(environ: Mapping[str, str] | None = None) -> Config:
     """Build a Config from environ (default os.environ), or raise ConfigError naming every problem."""
-    env = _MappingEnv(os.environ if environ is None else environ)
+    env = MappingEnv(os.environ if environ is None else environ)
     env.add_parser("database_url", _database_url)
     env.add_parser("redis_url", _redis_url)
     positive = Range(min=0, min_inclusive=False)
@@ -116,6 +175,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         database_url=env.database_url("DATABASE_URL"),
         port=env.int("PORT", 8000, validate=Range(1, 65535)),
         log_level=env.str("LOG_LEVEL", "info", validate=OneOf(LOG_LEVELS)),
+        log_format=env.str("LOG_FORMAT", "json", validate=OneOf(LOG_FORMATS)),
         request_timeout=env.float("REQUEST_TIMEOUT", 10.0, validate=Range(0, 300, min_inclusive=False)),
         db_pool_min=env.int("DB_POOL_MIN", 1, validate=Range(0, 1000)),
         db_pool_max=env.int("DB_POOL_MAX", 2, validate=Range(1, 1000)),
@@ -134,13 +194,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         max_body_bytes=env.int("MAX_BODY_BYTES", 64 * 1024, validate=Range(1024, 10 * 1024 * 1024)),
         idempotency_retention_hours=env.int("IDEMPOTENCY_RETENTION_HOURS", 24, validate=Range(1, 24 * 30)),
     )
-    problems: dict[str, list[str]] = {}
-    try:
-        env.seal()
-    except environs.EnvValidationError as exc:
-        messages = exc.error_messages  # {"VAR": ["problem", ...]} for eager=False
-        assert isinstance(messages, dict)
-        problems.update({key: [str(m) for m in msgs] for key, msgs in messages.items()})
+    problems = env.problems()
     if not problems and values["db_pool_min"] > values["db_pool_max"]:
         problems["DB_POOL_MIN"] = ["must not exceed DB_POOL_MAX"]
     if problems:

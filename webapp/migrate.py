@@ -1,4 +1,4 @@
-"""Apply sql/NNNN_*.sql files in order, once each, under a Postgres advisory lock."""
+"""Apply sql/NNNN_*.sql files in order, once each, all in one transaction under a Postgres advisory lock."""
 
 from __future__ import annotations
 
@@ -10,14 +10,21 @@ import psycopg
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # Any constant works; it only has to be the same for every migrate run against one database.
 MIGRATION_LOCK_ID = 7_345_001
 _FILENAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
-def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
+def default_sql_dir() -> Path:
+    """The migrations: inside the package in an installed wheel, beside it in a checkout (or editable install)."""
+    # setup.cfg maps the top-level sql/ into the wheel as the package folder webapp/sql.
+    installed = Path(__file__).resolve().parent / "sql"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "sql"
+
+
+def migration_files(sql_dir: Path | None = None) -> list[Path]:
     """Return the numbered migration files in the order they must run."""
+    sql_dir = sql_dir or default_sql_dir()
     files = sorted(p for p in sql_dir.iterdir() if _FILENAME.match(p.name))
     numbers = [p.name[:4] for p in files]
     if len(set(numbers)) != len(numbers):
@@ -25,28 +32,33 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
     return files
 
 
-def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
-    """Apply pending migrations; return the names applied. Safe to run concurrently."""
-    applied: list[str] = []
-    with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
-        # A session-level advisory lock serialises concurrent `migrate` runs (two release
-        # phases, two developers): the second waits, then finds nothing left to do.
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for path in migration_files(sql_dir):
-                if path.name in done:
-                    continue
-                # Each file and its bookkeeping row commit together, or neither does.
-                with conn.transaction():
-                    conn.execute(path.read_text())  # trusted file, no params: simple query protocol
-                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.name,))
-                log.info("migration applied", extra={"migration": path.name})
-                applied.append(path.name)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+def migrate(database_url: str, sql_dir: Path | None = None) -> list[str]:
+    """Apply pending migrations, all or none; return the names applied. Safe to run concurrently.
+
+    One transaction holds everything: the lock, the bookkeeping table, every pending file and its
+    row. So a failure leaves nothing half-made (Postgres DDL is transactional), and nothing lives
+    beyond the transaction, which is all a transaction-mode pooler (PgBouncer) keeps on one server
+    connection: no session advisory lock, no SET, no prepared statement.
+    """
+    files = migration_files(sql_dir)  # before connecting: a missing folder fails with nothing touched
+    # prepare_threshold=None: a named prepared statement outlives its transaction (pooler-unsafe).
+    with psycopg.connect(database_url, connect_timeout=10, prepare_threshold=None) as conn, conn.transaction():
+        # Serialises concurrent runs (two release phases): the second waits here until the first
+        # commits, then sees its rows and finds nothing left to do. Released at COMMIT or ROLLBACK.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        pending = [path for path in files if path.name not in done]
+        for path in pending:
+            # Trusted file, no params: the simple query protocol runs every statement in it. A file
+            # must not COMMIT or use CREATE INDEX CONCURRENTLY (neither runs inside a transaction).
+            conn.execute(path.read_text())
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.name,))
+            log.info("migration ran", extra={"migration": path.name})
+    applied = [path.name for path in pending]
+    if applied:
+        log.info("migrations committed", extra={"applied": applied})
     return applied

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import IO, Any
 
@@ -16,6 +17,9 @@ from prometheus_flask_exporter import PrometheusMetrics
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 HANDLER_NAME = "webapp-json"
+CONSOLE_HANDLER_NAME = "webapp-console"  # LOG_FORMAT=console; configure_logging replaces either kind
+# Set by webapp.gunicorn_settings in gunicorn's master; its workers inherit it.
+GUNICORN_SETTINGS_MARKER = "WEBAPP_GUNICORN_SETTINGS"
 # Seconds; covers a ~1 ms cached read up to the 10 s default deadline.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Pool gauges are refreshed at most this often per worker: stats() takes the pool's lock.
@@ -62,6 +66,23 @@ def json_formatter() -> OrjsonFormatter:
     return formatter
 
 
+class ConsoleFormatter(logging.Formatter):
+    """LOG_FORMAT=console: `12:00:01.234 INFO  webapp.http [pid]: message key=value ...` for a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-5s %(name)s [%(process)d]: %(message)s", "%H:%M:%S")
+        self.default_msec_format = "%s.%03d"
+
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _RECORD_FIELDS)
+        line = super().format(record)
+        return f"{line} {extras}" if extras else line
+
+
+# What every LogRecord carries; anything else on a record came in through `extra=`.
+_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
 class StdoutHandler(logging.StreamHandler):
     """A StreamHandler on sys.stdout as it is at each write, not as it was when logging was set up.
 
@@ -80,42 +101,88 @@ class StdoutHandler(logging.StreamHandler):
 
 def json_handler(stream: IO[str] | None = None) -> logging.Handler:
     """A stdout handler that writes one JSON object per line, with request ids and no query strings."""
+    return _stdout_handler(HANDLER_NAME, json_formatter(), stream)
+
+
+def console_handler(stream: IO[str] | None = None) -> logging.Handler:
+    """A stdout handler that writes readable lines (LOG_FORMAT=console), with request ids and no query strings."""
+    return _stdout_handler(CONSOLE_HANDLER_NAME, ConsoleFormatter(), stream)
+
+
+def _stdout_handler(name: str, formatter: logging.Formatter, stream: IO[str] | None) -> logging.Handler:
     handler = logging.StreamHandler(stream) if stream is not None else StdoutHandler()
-    handler.set_name(HANDLER_NAME)
-    handler.setFormatter(json_formatter())
+    handler.set_name(name)
+    handler.setFormatter(formatter)
     handler.addFilter(RequestIdFilter())
     handler.addFilter(RedactQueryStrings())
     return handler
 
 
-def configure_logging(level: str, stream: IO[str] | None = None) -> None:
-    """Send every logger's records to one JSON handler on stdout at `level` (idempotent)."""
+def configure_logging(level: str, stream: IO[str] | None = None, log_format: str | None = None) -> None:
+    """Send every logger's records, and Python's warnings, to one stdout handler at `level` (idempotent).
+
+    log_format is "json" (one object per line) or "console"; None keeps the format already set
+    up in this process (a gunicorn worker inherits its master's), else JSON.
+    """
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+    ours = [h for h in root.handlers if h.get_name() in (HANDLER_NAME, CONSOLE_HANDLER_NAME)]
+    if log_format is None:
+        log_format = "console" if any(h.get_name() == CONSOLE_HANDLER_NAME for h in ours) else "json"
+    for handler in ours:
         # create_app may run twice in one process (tests), and under gunicorn the master's
         # handler (gunicorn_logconfig) is inherited by every worker: replace, never stack.
         root.removeHandler(handler)
-    root.addHandler(json_handler(stream))
+    root.addHandler(console_handler(stream) if log_format == "console" else json_handler(stream))
     root.setLevel(level.upper())
+    # Else a warning (a ResourceWarning, a DeprecationWarning) is printed as plain text on stderr.
+    logging.captureWarnings(True)
     # Werkzeug's dev-server access log would duplicate our request line.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    warn_if_served_without_settings(os.environ)
 
 
-def gunicorn_logconfig(level: str) -> dict[str, Any]:
-    """logging.config dict for gunicorn's master: its own log and ours, as JSON lines on stdout.
+def warn_if_served_without_settings(environ: Mapping[str, str]) -> None:
+    """Log one WARNING when gunicorn serves the app without webapp.gunicorn_settings (a bare `gunicorn app`).
+
+    gunicorn's Arbiter sets SERVER_SOFTWARE=gunicorn/<version> in its environment, which its
+    workers inherit; our settings module sets GUNICORN_SETTINGS_MARKER. Without our settings the
+    server still answers, so nothing else would tell the operator what it silently lacks.
+    """
+    if not environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/") or GUNICORN_SETTINGS_MARKER in environ:
+        return
+    logging.getLogger("webapp.serving").warning(
+        "gunicorn is serving webapp without webapp.gunicorn_settings: start it with `webapp serve`, "
+        "or `gunicorn -c python:webapp.gunicorn_settings 'webapp:create_app()'`, "
+        "or set GUNICORN_CMD_ARGS='-c python:webapp.gunicorn_settings'",
+        extra={"missing": [
+            "draining worker (graceful SIGTERM and SIGINT, /readyz 503 while stopping)",
+            "JSON lines for gunicorn's own messages",
+            "/metrics summed over all workers",
+            "request timeout 15 s (stock: 30 s)",
+            "no control socket",
+            "configuration check before the workers fork",
+            "worker count from the CPU quota",
+        ]},
+    )
+
+
+def gunicorn_logconfig(level: str, log_format: str = "json") -> dict[str, Any]:
+    """logging.config dict for gunicorn's master: its own log and ours, as JSON (or console) lines on stdout.
 
     gunicorn's loggers propagate to the root handler, which is named like configure_logging's,
     so a worker's create_app replaces it instead of printing every line twice.
     """
+    console = log_format == "console"
+    name, factory = (CONSOLE_HANDLER_NAME, "console_handler") if console else (HANDLER_NAME, "json_handler")
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "handlers": {HANDLER_NAME: {"()": "webapp.observability.json_handler"}},
+        "handlers": {name: {"()": f"webapp.observability.{factory}"}},
         "loggers": {
             "gunicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
             "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
         },
-        "root": {"level": level.upper(), "handlers": [HANDLER_NAME]},
+        "root": {"level": level.upper(), "handlers": [name]},
     }
 
 

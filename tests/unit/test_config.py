@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import click
 import pytest
 
-from webapp.config import ConfigError, load_config, mask_url
+from webapp.config import ConfigError, config_variables, load_config, mask_url
 
 URL = "postgresql://app:s3cret-pw@db.internal:5432/shop"
 
@@ -92,3 +93,35 @@ def test_load_config_reads_only_the_mapping_it_is_given(monkeypatch):
 def test_mask_url_hides_passwords_in_urls_and_keyword_dsns(url, masked):
     assert mask_url(url) == masked
 
+
+
+def test_a_url_libpq_cannot_parse_is_a_config_error_that_never_shows_the_password():
+    # A raw % in the password: accepted by urlsplit, rejected by libpq with the token in its message.
+    with pytest.raises(ConfigError) as caught:
+        load_config({"DATABASE_URL": "postgresql://app:hunter2%zz@db:5432/shop"})
+    assert set(caught.value.problems) == {"DATABASE_URL"}
+    assert "percent-encode" in str(caught.value)
+    assert "hunter2" not in str(caught.value) and caught.value.__cause__ is None and caught.value.__context__ is None
+    assert load_config({"DATABASE_URL": "postgresql://app:hunter2%25zz@db:5432/shop"})  # encoded: fine
+
+
+def test_the_error_is_one_line_and_what_the_flask_cli_prints_without_a_traceback():
+    with pytest.raises(ConfigError) as caught:
+        load_config({"PORT": "http"})
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith("invalid configuration: DATABASE_URL: ")
+    assert isinstance(caught.value, click.ClickException)  # click prints "Error: <message>", exit 1
+
+
+def test_log_format_is_json_unless_console_is_asked_for():
+    assert load_config({"DATABASE_URL": URL}).log_format == "json"
+    assert load_config({"DATABASE_URL": URL, "LOG_FORMAT": "console"}).log_format == "console"
+    with pytest.raises(ConfigError) as caught:
+        load_config({"DATABASE_URL": URL, "LOG_FORMAT": "xml"})
+    assert set(caught.value.problems) == {"LOG_FORMAT"}
+
+
+def test_config_variables_names_every_variable_load_config_reads():
+    names = config_variables()
+    assert names[:2] == ["DATABASE_URL", "PORT"]
+    assert {"LOG_FORMAT", "REDIS_URL", "IDEMPOTENCY_RETENTION_HOURS"} <= set(names)

@@ -1,4 +1,4 @@
-"""webapp.lifecycle and gunicorn.conf.py without gunicorn: the hooks' effects, called directly."""
+"""webapp.lifecycle without gunicorn: the hooks' effects, called directly on fakes (no processes)."""
 
 from __future__ import annotations
 
@@ -7,73 +7,19 @@ import json
 import logging
 import logging.config
 import os
-import runpy
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from gunicorn.config import Config as GunicornConfig
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from webapp import lifecycle
 from webapp.observability import HANDLER_NAME, configure_logging, gunicorn_logconfig, json_formatter
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
-
-
-# --- the metrics folder -------------------------------------------------------------------------
-
-
-def write_worker_metrics(metrics_dir: Path) -> int:
-    """Run a 'worker' process that counts a request and sets the pool gauges; return its pid."""
-    code = (
-        "import os\n"
-        "from webapp.observability import Metrics\n"
-        f"m = Metrics({str(metrics_dir)!r})\n"
-        "m.watch_pool(lambda: {'size': 2, 'available': 2, 'waiting': 0})\n"
-        "m.observe_request('GET', '/livez', 200, 0.01)\n"
-        "print(os.getpid())\n"
-    )
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
-    return int(done.stdout)
-
-
-def scrape(metrics_dir: Path) -> str:
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(metrics_dir))
-    return generate_latest(registry).decode()
-
-
-def test_wipe_metrics_dir_leaves_an_empty_folder(tmp_path: Path):
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
-    write_worker_metrics(metrics_dir)
-    assert scrape(metrics_dir).count("http_requests_total{") == 1
-
-    lifecycle.wipe_metrics_dir(str(metrics_dir))
-    assert metrics_dir.is_dir() and not list(metrics_dir.iterdir())
-    lifecycle.wipe_metrics_dir(None)  # single-process mode: nothing to do
-
-
-def test_child_exit_drops_a_dead_workers_live_gauges_but_keeps_its_counts(tmp_path: Path, monkeypatch):
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
-    pid = write_worker_metrics(metrics_dir)
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
-    assert 'db_pool_connections{state="size"} 2.0' in scrape(metrics_dir)
-
-    lifecycle.child_exit(server=None, worker=SimpleNamespace(pid=pid))
-
-    text = scrape(metrics_dir)
-    assert 'db_pool_connections{state="size"}' not in text  # a dead worker holds no connections
-    assert 'http_requests_total{method="GET",path="/livez",status="200"} 1.0' in text  # what it served, stays
 
 
 # --- master hooks --------------------------------------------------------------------------------
@@ -141,21 +87,6 @@ def test_a_socket_someone_else_serves_after_us_is_never_filtered(state: dict[str
     with pytest.raises(StopIteration):
         lifecycle.stop_gracefully(FakeArbiter([listener], **state), drain_seconds=0)
     assert listener.options == []  # a USR2 successor, systemd or a reuse_port sibling keeps accepting
-
-
-@pytest.mark.parametrize("timeout, graceful, drain, problem", [
-    (15, 20, 1, None),
-    (30, 28, 0, "must not exceed"),
-    (15, 25, 5, "stop window"),
-    (15, 20, -1, "between 0 and 10"),
-    (0, 20, 1, "at least 1"),
-])
-def test_the_stop_window_is_checked_at_startup(timeout: int, graceful: int, drain: float, problem: str | None):
-    if problem is None:
-        lifecycle.check_stop_window(timeout=timeout, graceful_timeout=graceful, drain_seconds=drain)
-        return
-    with pytest.raises(ValueError, match=problem):
-        lifecycle.check_stop_window(timeout=timeout, graceful_timeout=graceful, drain_seconds=drain)
 
 
 # --- worker hooks --------------------------------------------------------------------------------
@@ -232,69 +163,20 @@ def test_a_log_line_is_one_json_object_with_time_level_logger_pid_and_message():
     assert (fields["pid"], fields["message"], fields["request_id"]) == (os.getpid(), "hello world", "abc")
 
 
-# --- gunicorn.conf.py ------------------------------------------------------------------------------
+# --- the master's configuration check --------------------------------------------------------------
 
 
-def load_conf(monkeypatch, tmp_path: Path, **env: str) -> dict[str, Any]:
-    """gunicorn.conf.py's settings as gunicorn sees them, under the given environment."""
-    settings = ("PORT", "BIND_HOST", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT")
-    for name in (*settings, "SHUTDOWN_DRAIN_SECONDS"):
-        monkeypatch.delenv(name, raising=False)
-    # Set, so the file's setdefault leaves this test process's metrics mode alone.
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return runpy.run_path(str(PROJECT_DIR / "gunicorn.conf.py"))
-
-
-def test_gunicorn_conf_reads_port_and_concurrency_from_the_environment(monkeypatch, tmp_path: Path):
-    conf = load_conf(monkeypatch, tmp_path, PORT="5123", WEB_CONCURRENCY="3")
-    assert conf["bind"] == ["0.0.0.0:5123"]
-    assert conf["workers"] == 3
-    assert conf["preload_app"] is False
-    assert conf["control_socket_disable"] is True
-    assert conf["worker_class"] == "webapp.workers.DrainingSyncWorker"
-    assert 0 < conf["backlog"] <= 4096
-    assert conf["timeout"] <= conf["graceful_timeout"]
-
-
-def test_gunicorn_conf_defaults_to_all_interfaces_on_port_8000(monkeypatch, tmp_path: Path):
-    assert load_conf(monkeypatch, tmp_path)["bind"] == ["0.0.0.0:8000"]
-    assert load_conf(monkeypatch, tmp_path, BIND_HOST="127.0.0.1")["bind"] == ["127.0.0.1:8000"]
-
-
-def mount_type(path: str) -> str:
-    """The filesystem type of the mount holding path, from /proc/mounts (the longest matching mount point)."""
-    best, kind = "", ""
-    for line in Path("/proc/mounts").read_text().splitlines():
-        _device, point, fstype, *_ = line.split()
-        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
-            best, kind = point, fstype
-    return kind
-
-
-@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="this machine has no /dev/shm")
-def test_gunicorn_conf_keeps_the_files_written_on_every_request_in_memory(monkeypatch, tmp_path: Path):
-    # The heartbeat and the metrics files are written per request; on a disk they cost journal work.
-    conf = load_conf(monkeypatch, tmp_path)
-    assert mount_type(conf["worker_tmp_dir"]) == "tmpfs"
-    assert Path(conf["_own_metrics_dir"]).parent == Path(conf["worker_tmp_dir"])
-
-
-def test_gunicorn_conf_refuses_a_stop_that_overruns_the_platforms_window(monkeypatch, tmp_path: Path):
-    with pytest.raises(ValueError, match="stop window"):
-        load_conf(monkeypatch, tmp_path, GUNICORN_GRACEFUL_TIMEOUT="28", SHUTDOWN_DRAIN_SECONDS="5")
-
-
-def test_the_master_refuses_to_start_on_an_invalid_environment_with_one_message(monkeypatch, capsys):
+def test_the_master_refuses_to_start_on_an_invalid_environment_with_one_log_line(monkeypatch, caplog, capsys):
     monkeypatch.setenv("DATABASE_URL", "mysql://app:hunter2@db/x")
     monkeypatch.setenv("REQUEST_TIMEOUT", "-3")
-    with pytest.raises(SystemExit) as stopped:
+    with caplog.at_level(logging.ERROR, logger="webapp.lifecycle"), pytest.raises(SystemExit) as stopped:
         lifecycle.check_config()
     assert stopped.value.code == 1
-    err = capsys.readouterr().err
-    assert "DATABASE_URL" in err and "REQUEST_TIMEOUT" in err
-    assert "hunter2" not in err and "Traceback" not in err
+    [record] = caplog.records
+    assert record.getMessage() == "invalid configuration; not starting"
+    assert set(record.problems) == {"DATABASE_URL", "REQUEST_TIMEOUT"}
+    assert "hunter2" not in caplog.text
+    assert capsys.readouterr().err == ""  # stderr carries nothing: platforms merge it into the log stream
 
 
 def test_a_valid_environment_passes_the_masters_check(monkeypatch):
