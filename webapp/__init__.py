@@ -43,7 +43,7 @@ def create_app(
     """
     # 1. Configuration: validated once, then frozen. Logging and metrics before anything logs.
     config = config or load_config()
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, log_format=config.log_format)
     metrics = metrics or Metrics(config.metrics_multiproc_dir)
 
     # 2. Infrastructure: the Postgres pool (its breaker fails fast while Postgres is silent or
