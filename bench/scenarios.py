@@ -6,7 +6,6 @@ import random
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import psycopg
 
 from bench.faultenv import LOAD_PRODUCT, USERS, FaultEnv, Timing, Verdict, tally
-from bench.load import Load, Outcome, RequestSpec, count, send
+from bench.load import Load, Outcome, RequestSpec, count, fire_at_once
 from bench.servers import Gunicorn, http_get
 
 USER_ROUTE = "/users/<id:user_id>"
@@ -341,29 +340,11 @@ def concurrent_orders_never_oversell(env: FaultEnv) -> Verdict:
     with env.service("oversell") as service:
         service.wait_ready()
         service.wait_workers()
-        barrier = threading.Barrier(100)
-        results: list[Outcome] = []
-        lock = threading.Lock()
-
-        def order(i: int) -> None:
-            spec: RequestSpec = (
-                "POST",
-                "/orders",
-                {
-                    "user_id": i + 1,
-                    "items": [{"product_id": product_id, "quantity": 1}],
-                },
-            )
-            barrier.wait(10)
-            outcome = send(service.port, spec, timeout=15)
-            with lock:
-                results.append(outcome)
-
-        threads = [threading.Thread(target=order, args=(i,)) for i in range(100)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        specs: list[RequestSpec] = [
+            ("POST", "/orders", {"user_id": i + 1, "items": [{"product_id": product_id, "quantity": 1}]})
+            for i in range(100)
+        ]
+        results = fire_at_once(service.port, specs)
     with psycopg.connect(env.database_url, autocommit=True) as conn:
         stock = _scalar(conn, "SELECT stock FROM products WHERE id = %s", product_id)
         sold = _scalar(
