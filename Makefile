@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: run test lint bench fault clean install
+.PHONY: run test lint bench fault cluster clean install
 
 # Re-install only when the package definition changes.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -43,8 +43,16 @@ bench: install /usr/bin/wrk
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench.run
 
-fault: install /usr/bin/wrk
+# The deployed topology (several instances behind nginx, PgBouncer in transaction mode), from Debian's packages.
+/usr/sbin/pgbouncer /usr/sbin/nginx:
+	test -x /usr/sbin/pgbouncer -a -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq pgbouncer nginx)
+
+fault: install /usr/bin/wrk /usr/sbin/pgbouncer /usr/sbin/nginx
 	$(PY) -m bench.fault
+
+# N instances + nginx + PgBouncer on loopback (deploy/README.md); Ctrl-C stops them all.
+cluster: install /usr/sbin/pgbouncer /usr/sbin/nginx
+	$(PY) -m bench.cluster
 
 clean:
 	rm -rf $(VENV) .pgdata .pytest_cache .mypy_cache .ruff_cache
