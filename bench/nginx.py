@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.nginx", description="Print deploy/nginx.conf rendered.")
     p.add_argument("--listen", default="80", help="nginx's listen argument (default 80)")
     p.add_argument("--upstream", action="append", required=True, help="an instance's host:port (repeat)")
-    p.add_argument("--state-dir", default="/var/lib/nginx", help="where nginx buffers and logs (default /var/lib/nginx)")
+    p.add_argument("--state-dir", default="/var/lib/nginx", help="where nginx buffers and logs")
     args = p.parse_args(argv)
     sys.stdout.write(render(listen=args.listen, upstreams=args.upstream, state_dir=args.state_dir))
     return 0
