@@ -28,7 +28,8 @@ CANDIDATES = ("/usr/sbin/nginx", "/usr/bin/nginx")
 
 def render(*, listen: str, upstreams: list[str], state_dir: str) -> str:
     """The template with its three placeholders filled in; upstreams are host:port."""
-    servers = "\n        ".join(f"server {address};" for address in upstreams)
+    # The parameters the template's comment explains (fail_timeout: why 1 s).
+    servers = "\n        ".join(f"server {address} max_fails=1 fail_timeout=1s;" for address in upstreams)
     text = TEMPLATE.read_text()
     for placeholder, value in (("{{LISTEN}}", listen), ("{{UPSTREAMS}}", servers), ("{{STATE_DIR}}", state_dir)):
         if placeholder not in text:
