@@ -18,7 +18,7 @@ import psycopg
 
 from bench.faultenv import LOAD_PRODUCT, USERS, FaultEnv, Verdict, tally
 from bench.load import Load, Outcome, RequestSpec, count, send
-from bench.scenarios import _is_retryable_503, _orders_stored, _p99_ms, failed, get_user
+from bench.scenarios import _is_retryable_503, _orders_stored, _p99_ms, failed, get_user, outage
 
 
 def mixed(users: int = USERS, product_id: int = LOAD_PRODUCT) -> Callable[[int], RequestSpec]:
@@ -172,11 +172,7 @@ def pgbouncer_paused_under_load(env: FaultEnv) -> Verdict:
         threads = len(cluster.ports) * cluster.workers
         load = Load(cluster.port, mixed(), threads=threads, seconds=60, timeout=timeout + 10).start()
         time.sleep(t.before)
-        paused_at = time.monotonic()
-        cluster.pgbouncer.pause()
-        time.sleep(t.pg_down)
-        cluster.pgbouncer.resume()
-        resumed_at = time.monotonic()
+        paused_at, resumed_at = outage(cluster.pgbouncer.pause, cluster.pgbouncer.resume, t.pg_down)
         time.sleep(3 + t.after)
         outcomes = load.stop()
     bad = [o for o in outcomes if failed(o)]

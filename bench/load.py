@@ -51,7 +51,7 @@ def send(port: int, spec: RequestSpec, timeout: float) -> Outcome:
         except TimeoutError:
             return Outcome(started, time.monotonic(), "timeout")
         # From here the kernel has accepted the connection: it is owed an answer.
-        headers = {"Connection": "close", **(spec[3] if len(spec) > 3 else {})}  # type: ignore[misc]
+        headers = {"Connection": "close", **(spec[3] if len(spec) > 3 else {})}
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from bench.servers import PROJECT_DIR, free_port
+from bench.servers import PROJECT_DIR, free_port, stop_process
 
 TEMPLATE = PROJECT_DIR / "deploy" / "nginx.conf"
 CANDIDATES = ("/usr/sbin/nginx", "/usr/bin/nginx")
@@ -93,13 +93,7 @@ class Nginx:
 
     def stop(self) -> None:
         """SIGQUIT: finish the requests in flight, then exit; SIGKILL if that takes over 10 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, signal.SIGQUIT)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Self:

@@ -21,7 +21,7 @@ from typing import Any, Self
 
 import psycopg
 
-from bench.servers import free_port
+from bench.servers import free_port, stop_process
 
 # Debian's package puts it here and not on a non-root PATH.
 CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
@@ -111,7 +111,7 @@ class PgBouncer:
         with psycopg.connect(
             self.url("pgbouncer"), autocommit=True, connect_timeout=2, cursor_factory=psycopg.ClientCursor,
         ) as conn:
-            cur = conn.execute(command)  # type: ignore[arg-type]
+            cur = conn.execute(command)
             return cur.fetchall() if cur.description else []
 
     def pause(self) -> None:
@@ -127,13 +127,7 @@ class PgBouncer:
 
     def stop(self) -> None:
         """SIGTERM (PgBouncer 1.18: immediate shutdown; SIGINT would wait for clients); SIGKILL if it overstays."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, signal.SIGTERM)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Self:

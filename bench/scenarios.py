@@ -138,11 +138,7 @@ def postgres_restart_under_load(env: FaultEnv) -> Verdict:
         _workers, load = _under_load(
             service, t, get_or_order, threads=service.workers, seconds=60, timeout=timeout + 10
         )
-        down_at = time.monotonic()
-        env.pg.stop("fast")
-        time.sleep(t.pg_down)
-        env.pg.start()
-        up_at = time.monotonic()
+        down_at, up_at = outage(lambda: env.pg.stop("fast"), env.pg.start, t.pg_down)
         # Keep loading until 5 s after Postgres is back plus the "after" phase, so a slow recovery shows.
         time.sleep(5 + t.after)
         outcomes = load.stop()
@@ -193,6 +189,15 @@ def postgres_restart_under_load(env: FaultEnv) -> Verdict:
         "stock sold equals the quantities in stored orders (no half-applied order)",
     )
     return v
+
+
+def outage(begin: Callable[[], None], end: Callable[[], None], seconds: float) -> tuple[float, float]:
+    """begin() the fault, wait, end() it; return when it began and when it was over (monotonic)."""
+    began = time.monotonic()
+    begin()
+    time.sleep(seconds)
+    end()
+    return began, time.monotonic()
 
 
 def _is_retryable_503(o: Outcome) -> bool:
