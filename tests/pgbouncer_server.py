@@ -3,8 +3,8 @@
     with pgbouncer_for(database_url) as bouncer:
         url = bouncer.url(database_name(database_url))
 
-Where the binary is missing the tests that need it skip, visibly, unless REQUIRE_PGBOUNCER=1
-(.ci/run sets it, after installing the package): then they fail.
+Where the binary (or nginx, for the tests through the proxy) is missing, the tests that need it
+skip, visibly, unless REQUIRE_PGBOUNCER=1 (.ci/run sets it, after installing both): then they fail.
 """
 
 from __future__ import annotations
@@ -32,10 +32,7 @@ def database_name(url: str) -> str:
 @contextmanager
 def pgbouncer_for(database_url: str) -> Iterator[PgBouncer]:
     """PgBouncer pointing at the server of database_url (any database name), stopped at the end."""
-    if pgbouncer_binary() is None:
-        if os.environ.get("REQUIRE_PGBOUNCER") == "1":
-            pytest.fail("REQUIRE_PGBOUNCER=1 but no pgbouncer binary (apt-get install pgbouncer)")
-        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer); REQUIRE_PGBOUNCER=1 makes this fail")
+    require("pgbouncer", pgbouncer_binary())
     params = conninfo_to_dict(database_url)
     host = str(params.get("host") or "127.0.0.1")
     # An embedded Postgres listens on a private unix-socket folder: PgBouncer runs as its owner.
@@ -45,6 +42,15 @@ def pgbouncer_for(database_url: str) -> Iterator[PgBouncer]:
         user=str(params.get("user") or "postgres"), password=str(params.get("password") or ""), pool_size=POOL_SIZE,
     ) as bouncer:
         yield bouncer
+
+
+def require(package: str, binary: str | None) -> None:
+    """Skip visibly when a deploy tool is missing; fail instead under REQUIRE_PGBOUNCER=1 (CI installs both)."""
+    if binary is not None:
+        return
+    if os.environ.get("REQUIRE_PGBOUNCER") == "1":
+        pytest.fail(f"REQUIRE_PGBOUNCER=1 but {package} is not installed (.ci/run installs pgbouncer and nginx)")
+    pytest.skip(f"{package} is not installed (apt-get install {package}); REQUIRE_PGBOUNCER=1 makes this fail")
 
 
 def server_settings(url: str, name: str, tries: int) -> list[str]:

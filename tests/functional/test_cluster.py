@@ -13,6 +13,7 @@ from bench.faultenv import tally
 from bench.load import Load, count
 from bench.nginx import nginx_binary
 from bench.scenarios import failed
+from tests.pgbouncer_server import require
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +25,7 @@ FAST_STOP = {"REQUEST_TIMEOUT": "2", "GUNICORN_TIMEOUT": "5", "GUNICORN_GRACEFUL
 def test_a_rolling_restart_behind_nginx_fails_no_request_and_keeps_every_201(
     pgbouncer, database_url: str, db, tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    # pgbouncer: the session fixture decides skip-or-fail when the binary is missing; nginx likewise here.
-    if nginx_binary() is None:
-        pytest.skip("nginx is not installed (apt-get install nginx)")
+    require("nginx", nginx_binary())  # and the pgbouncer fixture, PgBouncer
     for i in range(20):
         db.execute("INSERT INTO users (name, email) VALUES (%s, %s)", (f"U{i}", f"u{i}@example.org"))
     product = db.execute(
