@@ -147,3 +147,35 @@ def test_after_the_apps_traffic_another_client_of_the_pool_sees_default_settings
     assert "prepared statement" not in logs
     assert not [line for line in gunicorn.log_lines() if line.get("level") in ("ERROR", "CRITICAL")]
 
+
+
+def test_while_pgbouncer_is_paused_a_request_gets_a_fast_503_with_retry_after_then_recovers_by_itself(
+    pgbouncer: PgBouncer, pgbouncer_url: str, db, apps: list[Flask],
+) -> None:
+    user, _product = a_user_and_a_product(db, stock=1)
+    app = create_app(make_config(pgbouncer_url, REQUEST_TIMEOUT="1"))
+    apps.append(app)
+    client = app.test_client()
+    assert client.get(f"/users/{user}").status_code == 200
+    # PAUSE: PgBouncer keeps every client's connection but holds its next query until RESUME, so only
+    # the app's own clock can end the request (a server-side statement_timeout never starts).
+    pgbouncer.pause()
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            started = time.monotonic()
+            future = pool.submit(client.get, f"/users/{user}")
+            try:
+                response = future.result(timeout=3.0)
+            except FutureTimeout:
+                response = None
+            seconds = time.monotonic() - started
+        finally:
+            pgbouncer.resume()  # also frees a request that ignored its deadline, so the test ends
+    assert response is not None, f"still waiting after {seconds:.1f} s: the request had no client-side deadline"
+    assert response.status_code == 503 and response.headers.get("Retry-After"), (response.status_code, response.json)
+    assert response.json["error"]["code"] == "service_unavailable"
+    assert seconds <= 1.0 + DEADLINE_MARGIN
+    deadline = time.monotonic() + 5
+    while client.get(f"/users/{user}").status_code != 200:  # back without a restart
+        assert time.monotonic() < deadline, "no recovery within 5 s of RESUME"
+        time.sleep(0.1)
