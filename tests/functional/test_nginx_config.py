@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import socket
@@ -17,6 +16,7 @@ import pytest
 
 from bench.nginx import TEMPLATE, Nginx, nginx_binary
 from bench.servers import free_port
+from tests.gunicorn_server import request
 from tests.pgbouncer_server import require
 from webapp.config import Config
 
@@ -89,20 +89,10 @@ def nginx_in_front():  # type: ignore[no-untyped-def]
         nginx.stop()
 
 
-def call(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("path", ["/metrics", "//metrics", "/%6Detrics", "/metrics/", "/metrics?x=1"])
 def test_metrics_is_never_routed_to_an_instance(nginx_in_front, instance, path: str) -> None:
     nginx = nginx_in_front(instance.server_address[1])
-    status, headers, body = call(nginx.port, "GET", path)
+    status, headers, body = request(nginx.port, "GET", path)
     assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
     assert instance.seen == []
 
@@ -111,7 +101,7 @@ def test_the_instance_gets_the_real_client_address_and_when_nginx_received_the_r
     nginx = nginx_in_front(instance.server_address[1])
     forged = {"X-Forwarded-For": "203.0.113.9", "X-Real-IP": "203.0.113.9"}
     before = time.time()
-    assert call(nginx.port, "GET", "/users/1", headers=forged)[0] == 200
+    assert request(nginx.port, "GET", "/users/1", headers=forged)[0] == 200
     _, _, headers = instance.seen[0]
     assert headers["X-Real-IP"] == headers["X-Forwarded-For"] == "127.0.0.1"  # replaced, never appended to
     start = re.fullmatch(r"t=(\d+\.\d{3})", headers["X-Request-Start"])
@@ -120,14 +110,14 @@ def test_the_instance_gets_the_real_client_address_and_when_nginx_received_the_r
 
 def test_a_post_is_retried_on_the_next_instance_when_the_first_refuses_the_connection(nginx_in_front, instance):
     nginx = nginx_in_front(free_port(), instance.server_address[1])  # nobody listens on the first
-    statuses = [call(nginx.port, "POST", "/orders", body=b"{}")[0] for _ in range(4)]
+    statuses = [request(nginx.port, "POST", "/orders", body=b"{}")[0] for _ in range(4)]
     assert statuses == [200] * 4
     assert [method for method, _, _ in instance.seen] == ["POST"] * 4
 
 
 def test_a_post_that_reached_an_instance_is_never_resent_but_a_get_is(nginx_in_front, instance, resetting_instance):
     nginx = nginx_in_front(resetting_instance["port"], instance.server_address[1])
-    posts = [call(nginx.port, "POST", "/orders", body=b"{}") for _ in range(2)]  # round robin: one each
+    posts = [request(nginx.port, "POST", "/orders", body=b"{}") for _ in range(2)]  # round robin: one each
     failed = [(status, headers, body) for status, headers, body in posts if status != 200]
     assert len(failed) == 1 and resetting_instance["requests"] == 1
     status, headers, body = failed[0]
@@ -138,13 +128,13 @@ def test_a_post_that_reached_an_instance_is_never_resent_but_a_get_is(nginx_in_f
     deadline = time.monotonic() + 5
     while resetting_instance["requests"] < 2:
         assert time.monotonic() < deadline, "no GET was sent to the resetting instance again"
-        assert call(nginx.port, "GET", "/users/1")[0] == 200
+        assert request(nginx.port, "GET", "/users/1")[0] == 200
         time.sleep(0.05)
 
 
 def test_a_body_over_max_body_bytes_is_refused_by_nginx_in_the_json_error_shape(nginx_in_front, instance):
     nginx = nginx_in_front(instance.server_address[1])
-    status, _, body = call(nginx.port, "POST", "/orders", body=b"x" * (Config.max_body_bytes + 1))
+    status, _, body = request(nginx.port, "POST", "/orders", body=b"x" * (Config.max_body_bytes + 1))
     assert status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
     assert instance.seen == []
 
