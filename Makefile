@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: run test lint bench fault clean install requirements
+.PHONY: run test lint bench fault cluster clean install requirements
 
 # Re-install only when the package definition changes.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -40,7 +40,11 @@ bench: install /usr/bin/wrk
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench.run
 
-fault: install /usr/bin/wrk
+# The deployed topology (several instances behind nginx, PgBouncer in transaction mode), from Debian's packages.
+/usr/sbin/pgbouncer /usr/sbin/nginx:
+	test -x /usr/sbin/pgbouncer -a -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq pgbouncer nginx)
+
+fault: install /usr/bin/wrk /usr/sbin/pgbouncer /usr/sbin/nginx
 	$(PY) -m bench.fault
 
 # requirements.txt pins what a deploy installs (Heroku's Python buildpack reads it): setup.cfg's
@@ -54,6 +58,10 @@ requirements:
 	  echo "# This package itself, installed (not editable) like the pins above."; \
 	  echo "."; } > requirements.txt
 	@echo "requirements.txt: $$(grep -c '==' requirements.txt) pinned packages"
+
+# N instances + nginx + PgBouncer on loopback (deploy/README.md); Ctrl-C stops them all.
+cluster: install /usr/sbin/pgbouncer /usr/sbin/nginx
+	$(PY) -m bench.cluster
 
 clean:
 	rm -rf $(VENV) .pgdata .pytest_cache .mypy_cache .ruff_cache

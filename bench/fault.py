@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import cluster_scenarios as c
 from bench import scenarios as s
 from bench.faultenv import FULL, SHORT, FaultEnv, Verdict
 
@@ -25,6 +26,11 @@ SCENARIOS: dict[str, Callable[[FaultEnv], Verdict]] = {
     "redis_killed": s.redis_killed_under_load,
     "worker_killed": s.worker_killed_under_load,
     "oversell": s.concurrent_orders_never_oversell,
+    # Through the deployed topology: nginx, 3 instances x 2 workers, PgBouncer in transaction mode.
+    "cluster_rolling_restart": c.rolling_restart_under_load,
+    "cluster_instance_killed": c.instance_killed_under_load,
+    "cluster_pgbouncer_paused": c.pgbouncer_paused_under_load,
+    "cluster_slow_clients": c.slow_clients_behind_nginx,
 }
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.cluster import Cluster
 from bench.load import Outcome
 from bench.seed import LARGE_STOCK, recreate_database, seed
 from bench.servers import OURS_APP, Gunicorn, free_port
@@ -230,7 +231,18 @@ class FaultEnv:
 
     def service(self, name: str, **env: str) -> Gunicorn:
         """A fresh gunicorn with the production config on the suite's database, logging to <name>.log."""
-        settings = {
+        return Gunicorn(OURS_APP, self.settings(**env), log_path=self.log_dir / f"{name}.log")
+
+    def cluster(self, name: str, *, instances: int = 3, workers: int = 2, **env: str) -> Cluster:
+        """The deployed topology on the suite's database: nginx, instances, PgBouncer in transaction mode."""
+        log_dir = self.log_dir / name
+        log_dir.mkdir(exist_ok=True)
+        settings = {k: v for k, v in self.settings(**env).items() if k != "DATABASE_URL"}
+        return Cluster(self.database_url, log_dir, instances=instances, workers=workers, env=settings)
+
+    def settings(self, **env: str) -> dict[str, str]:
+        """The environment every service under test gets (the production config, short stop windows)."""
+        return {
             "DATABASE_URL": self.database_url,
             "LOG_LEVEL": "info",
             "REDIS_URL": "",
@@ -241,7 +253,6 @@ class FaultEnv:
             "SHUTDOWN_DRAIN_SECONDS": "1",
             **env,
         }
-        return Gunicorn(OURS_APP, settings, log_path=self.log_dir / f"{name}.log")
 
     def new_redis(self) -> OwnRedis:
         redis = OwnRedis()

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-# method, path, JSON body (or None)
-RequestSpec = tuple[str, str, Any]
+# method, path, JSON body (or None)[, extra request headers]
+RequestSpec = tuple[str, str, Any] | tuple[str, str, Any, dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Outcome:
 
 def send(port: int, spec: RequestSpec, timeout: float) -> Outcome:
     """One request on a fresh connection, classified."""
-    method, path, body = spec
+    method, path, body = spec[0], spec[1], spec[2]
     started = time.monotonic()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -51,7 +51,7 @@ def send(port: int, spec: RequestSpec, timeout: float) -> Outcome:
         except TimeoutError:
             return Outcome(started, time.monotonic(), "timeout")
         # From here the kernel has accepted the connection: it is owed an answer.
-        headers = {"Connection": "close"}
+        headers = {"Connection": "close", **(spec[3] if len(spec) > 3 else {})}
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()
@@ -147,6 +147,26 @@ class Load:
         for thread in self._threads:
             thread.join(self.timeout + 5)
         return sorted(self.outcomes, key=lambda o: o.started)
+
+
+def fire_at_once(port: int, specs: list[RequestSpec], timeout: float = 15.0) -> list[Outcome]:
+    """Send every request at the same instant (one thread each, released by a barrier); return the outcomes."""
+    barrier = threading.Barrier(len(specs))
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+
+    def one(spec: RequestSpec) -> None:
+        barrier.wait(10)
+        outcome = send(port, spec, timeout=timeout)
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=one, args=(spec,)) for spec in specs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout + 15)
+    return outcomes
 
 
 def count(outcomes: list[Outcome], pred: Callable[[Outcome], bool]) -> int:

@@ -7,7 +7,6 @@ import random
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import psycopg
 
 from bench.faultenv import LOAD_PRODUCT, USERS, FaultEnv, Timing, Verdict, tally
-from bench.load import Load, Outcome, RequestSpec, count, send
+from bench.load import Load, Outcome, RequestSpec, count, fire_at_once
 from bench.servers import Gunicorn, http_get
 from tests.tcp_relay import TcpRelay, relayed_url  # the relay tests/functional uses too
 
@@ -141,11 +140,7 @@ def postgres_restart_under_load(env: FaultEnv) -> Verdict:
         _workers, load = _under_load(
             service, t, get_or_order, threads=service.workers, seconds=60, timeout=timeout + 10
         )
-        down_at = time.monotonic()
-        env.pg.stop("fast")
-        time.sleep(t.pg_down)
-        env.pg.start()
-        up_at = time.monotonic()
+        down_at, up_at = outage(lambda: env.pg.stop("fast"), env.pg.start, t.pg_down)
         # Keep loading until 5 s after Postgres is back plus the "after" phase, so a slow recovery shows.
         time.sleep(5 + t.after)
         outcomes = load.stop()
@@ -196,6 +191,15 @@ def postgres_restart_under_load(env: FaultEnv) -> Verdict:
         "stock sold equals the quantities in stored orders (no half-applied order)",
     )
     return v
+
+
+def outage(begin: Callable[[], None], end: Callable[[], None], seconds: float) -> tuple[float, float]:
+    """begin() the fault, wait, end() it; return when it began and when it was over (monotonic)."""
+    began = time.monotonic()
+    begin()
+    time.sleep(seconds)
+    end()
+    return began, time.monotonic()
 
 
 def _is_retryable_503(o: Outcome) -> bool:
@@ -343,29 +347,11 @@ def concurrent_orders_never_oversell(env: FaultEnv) -> Verdict:
     with env.service("oversell") as service:
         service.wait_ready()
         service.wait_workers()
-        barrier = threading.Barrier(100)
-        results: list[Outcome] = []
-        lock = threading.Lock()
-
-        def order(i: int) -> None:
-            spec: RequestSpec = (
-                "POST",
-                "/orders",
-                {
-                    "user_id": i + 1,
-                    "items": [{"product_id": product_id, "quantity": 1}],
-                },
-            )
-            barrier.wait(10)
-            outcome = send(service.port, spec, timeout=15)
-            with lock:
-                results.append(outcome)
-
-        threads = [threading.Thread(target=order, args=(i,)) for i in range(100)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+        specs: list[RequestSpec] = [
+            ("POST", "/orders", {"user_id": i + 1, "items": [{"product_id": product_id, "quantity": 1}]})
+            for i in range(100)
+        ]
+        results = fire_at_once(service.port, specs)
     with psycopg.connect(env.database_url, autocommit=True) as conn:
         stock = _scalar(conn, "SELECT stock FROM products WHERE id = %s", product_id)
         sold = _scalar(

@@ -90,6 +90,18 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, signum: int, timeout: float = 10.0) -> None:
+    """Send signum (the program's own way to stop) and wait; SIGKILL if it overstays timeout."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signum)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 @dataclass
 class Gunicorn:
     """One gunicorn master with its workers; ours uses the project's gunicorn.conf.py."""

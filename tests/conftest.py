@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -21,6 +22,9 @@ from flask import Flask
 
 from webapp.config import Config, load_config
 from webapp.migrate import migrate
+
+if TYPE_CHECKING:
+    from bench.pgbouncer import PgBouncer
 
 TABLES = "order_items, orders, idempotency_keys, products, users"
 
@@ -66,6 +70,26 @@ def database_url(server_url: str) -> Iterator[str]:
     """A database of this run's own, migrated; dropped at the end."""
     with scratch_database(server_url, "webapp_test") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(database_url: str) -> Iterator[PgBouncer]:
+    """PgBouncer 1.18 in transaction mode (3 shared server connections) in front of the run's server.
+
+    Its pause()/resume() drive the admin console. Skips visibly without the binary, unless REQUIRE_PGBOUNCER=1.
+    """
+    from tests.pgbouncer_server import pgbouncer_for
+
+    with pgbouncer_for(database_url) as bouncer:
+        yield bouncer
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_url(pgbouncer: PgBouncer, database_url: str) -> str:
+    """The run's test database, reached through PgBouncer (what DATABASE_URL is in a pooled deploy)."""
+    from tests.pgbouncer_server import database_name
+
+    return pgbouncer.url(database_name(database_url))
 
 
 def close_app(app: Flask) -> None:
