@@ -34,7 +34,12 @@ preload_app = False  # each worker imports and builds its own app (and pool) aft
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "15"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 _drain_seconds = float(os.environ.get("SHUTDOWN_DRAIN_SECONDS", "1"))
-lifecycle.check_stop_window(timeout=timeout, graceful_timeout=graceful_timeout, drain_seconds=_drain_seconds)
+# A request's headers and body must all arrive this many seconds after accept, or the client gets
+# a 408 (nginx's client_header_timeout/client_body_timeout): a slow client holds a sync worker.
+# Default 5 s, or half the worker timeout if that is shorter: the read must end before gunicorn's kill.
+_client_read_timeout = float(os.environ.get("CLIENT_READ_TIMEOUT", min(5.0, timeout / 2)))
+lifecycle.check_stop_window(timeout=timeout, graceful_timeout=graceful_timeout, drain_seconds=_drain_seconds,
+                            client_read_timeout=_client_read_timeout)
 # Bounded: past it the kernel drops new SYNs (clients retry) instead of queueing work we cannot reach.
 backlog = int(os.environ.get("GUNICORN_BACKLOG", "256"))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
@@ -59,7 +64,7 @@ def when_ready(server):
 
 
 def post_fork(server, worker):
-    lifecycle.post_fork(worker, drain_seconds=_drain_seconds)
+    lifecycle.post_fork(worker, drain_seconds=_drain_seconds, client_read_timeout=_client_read_timeout)
 
 
 def post_worker_init(worker):

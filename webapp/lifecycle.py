@@ -24,6 +24,7 @@ from typing import Any
 from flask import g, has_request_context
 from gunicorn.glogging import Logger
 
+from webapp import metrics_files
 from webapp.config import ConfigError, load_config
 from webapp.http import account_request, error_response
 from webapp.workers import WORKER_LAG_SECONDS, app_parts, refuse_new_connections
@@ -37,9 +38,12 @@ _HANDSHAKE_SECONDS = 0.2
 
 
 def check_stop_window(*, timeout: int, graceful_timeout: int, drain_seconds: float,
-                      window: float = STOP_WINDOW_SECONDS) -> None:
+                      window: float = STOP_WINDOW_SECONDS, client_read_timeout: float | None = None) -> None:
     """Raise ValueError unless every request can end, and the whole stop fit, before the platform's SIGKILL."""
     problems = []
+    if client_read_timeout is not None and not 0 < client_read_timeout < timeout:
+        # Else gunicorn's timeout kills a worker still waiting for a slow client (CRITICAL, SIGKILL).
+        problems.append("CLIENT_READ_TIMEOUT must be above 0 and below GUNICORN_TIMEOUT")
     if timeout < 1:
         problems.append("GUNICORN_TIMEOUT must be at least 1 s (0 would let a stuck worker hang forever)")
     if timeout > graceful_timeout:
@@ -123,12 +127,15 @@ def when_ready(server: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Master, after a worker died: drop its live gauges (pool sizes) from the multiprocess sums."""
+    """Master, after a worker died: fold its metric files into the archive, drop its live gauges (pool sizes)."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(worker.pid, path)
+        try:
+            metrics_files.archive_dead_worker(path, worker.pid)
+        except OSError:
+            # The master must outlive any file trouble; the worker's files stay and are still read.
+            log.warning("could not archive a dead worker's metric files", exc_info=True,
+                        extra={"worker_pid": worker.pid})
 
 
 def on_exit(server: Any, *, remove_metrics_dir: str | None = None) -> None:
@@ -152,9 +159,10 @@ class GunicornLogger(Logger):
 # --- worker hooks -----------------------------------------------------------------------------
 
 
-def post_fork(worker: Any, *, drain_seconds: float) -> None:
-    """Worker, just forked: hand it the drain delay (not a gunicorn setting, so it cannot read one)."""
+def post_fork(worker: Any, *, drain_seconds: float, client_read_timeout: float = 0.0) -> None:
+    """Worker, just forked: hand it the drain delay and read timeout (not gunicorn settings, so it cannot read them)."""
     worker.drain_seconds = drain_seconds
+    worker.read_timeout = client_read_timeout
 
 
 def post_worker_init(worker: Any) -> None:

@@ -24,7 +24,10 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 # Pool gauges are refreshed at most this often per worker: stats() takes the pool's lock.
 POOL_SAMPLE_SECONDS = 1.0
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_QUERY_STRING = re.compile(r"\?[^\s'\"]+")
+# From a "?" to the end of the message: gunicorn quotes a rejected request line raw, so the query
+# string may hold quotes and spaces, and nothing tells where it ends. Losing the rest of a rare
+# gunicorn message is cheaper than a token in the log. ("...out of memory?" has nothing after it.)
+_QUERY_STRING = re.compile(r"\?.+", re.DOTALL)
 
 
 class RequestIdFilter(logging.Filter):

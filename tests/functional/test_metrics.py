@@ -136,14 +136,15 @@ def test_under_gunicorn_every_worker_reports_the_sum_of_all_workers(server_url: 
         scraped_from = {line["pid"] for line in lines if line.get("raw_path") == "/metrics"}
         assert len(served_by) >= 2 and len(scraped_from) >= 2  # the sums really crossed processes
 
-        # A reload replaces every worker: their counts stay, their live gauges (pool sizes) go.
+        # A reload replaces every worker: their counts stay (folded into one archive file per
+        # kind, webapp/metrics_files.py), their live gauges (pool sizes) go.
         server.send_signal(signal.SIGHUP)
         server.wait_for_messages("worker stopped", 4)
-        live_gauges = [metrics_dir / f"gauge_livesum_{pid}.db" for pid in served_by]
+        dead_files = [metrics_dir / f"{kind}_{pid}.db" for pid in served_by for kind in ("gauge_livesum", "counter")]
         deadline = time.monotonic() + 5  # child_exit runs in the master once it has reaped the worker
-        while any(path.exists() for path in live_gauges) and time.monotonic() < deadline:
+        while any(path.exists() for path in dead_files) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not [path.name for path in live_gauges if path.exists()]
-        assert all((metrics_dir / f"counter_{pid}.db").exists() for pid in served_by)
+        assert not [path.name for path in dead_files if path.exists()]
+        assert (metrics_dir / "counter_archive.db").exists()
         text = server.get("/metrics")[2].decode()
         assert value(text, "http_requests_total", method="GET", path=USER_ROUTE, status="404") == requests
