@@ -3,6 +3,7 @@ across gunicorn's worker processes."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -77,6 +78,34 @@ def test_without_a_token_only_loopback_callers_may_read_metrics(client):
     outside = client.get("/metrics", environ_base={"REMOTE_ADDR": "203.0.113.9"})
     assert outside.status_code == 404  # not even admitted to exist
     assert "http_requests_total" not in outside.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("header, value", [
+    ("X-Forwarded-For", "203.0.113.9"),
+    ("Forwarded", "for=203.0.113.9"),
+    ("X-Real-IP", "203.0.113.9"),
+    ("X-Forwarded-Host", "api.example.com"),
+])
+def test_without_a_token_a_request_that_came_through_a_proxy_is_refused_even_from_loopback(
+        client, header: str, value: str):
+    # A proxy on the same host makes every client look like loopback; its headers give it away.
+    refused = client.get("/metrics", headers={header: value})
+    assert refused.status_code == 404
+    assert "http_requests_total" not in refused.get_data(as_text=True)
+
+
+def test_refused_scrapes_are_counted_and_logged_at_warning_at_most_once_a_minute(client, caplog):
+    with caplog.at_level(logging.WARNING, logger="webapp.metrics"):
+        for _ in range(3):
+            assert client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 404
+        assert client.get("/metrics", environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code == 404
+    warnings = [r for r in caplog.records if r.name == "webapp.metrics"]
+    assert [(r.levelname, r.getMessage(), r.reason) for r in warnings] == [  # type: ignore[attr-defined]
+        ("WARNING", "refused a /metrics request", "proxied")
+    ]
+    text = client.get("/metrics").get_data(as_text=True)
+    assert value(text, "metrics_scrapes_refused_total", reason="proxied") == 3
+    assert value(text, "metrics_scrapes_refused_total", reason="not_loopback") == 1
 
 
 def test_with_a_token_only_its_bearer_may_read_metrics_even_from_loopback(database_url: str, db, apps):

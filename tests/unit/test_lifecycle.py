@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from webapp import lifecycle
-from webapp.observability import HANDLER_NAME, configure_logging, gunicorn_logconfig, json_formatter
+from webapp.observability import HANDLER_NAME, configure_logging, gunicorn_logconfig, json_formatter, json_handler
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -222,6 +222,31 @@ def test_a_worker_replaces_the_masters_json_handler_instead_of_printing_twice():
         root.setLevel(saved_level)
 
 
+@pytest.mark.parametrize("line", [
+    "GET /x?q='&token=SECRET4 HTTP/1.1",
+    'GET /x?q="a b"&token=SECRET4 HTTP/1.1',
+    "GET /x?q=a b c&token=SECRET4 \x7f HTTP/1.1",
+])
+def test_gunicorn_messages_lose_the_whole_query_string_whatever_it_holds(line: str):
+    stream = io.StringIO()
+    handler = json_handler(stream)
+    record = logging.LogRecord("gunicorn.error", logging.WARNING, __file__, 1,
+                               "Invalid request from ip=%s: %s", ("127.0.0.1", f"Invalid HTTP request line: {line!r}"),
+                               None)
+    handler.handle(record)
+    message = json.loads(stream.getvalue())["message"]
+    assert "SECRET4" not in message and "token" not in message
+    assert message.startswith("Invalid request from ip=127.0.0.1: Invalid HTTP request line: ") and "?<redacted>" in message
+
+
+def test_a_question_at_the_end_of_a_gunicorn_message_is_kept():
+    stream = io.StringIO()
+    record = logging.LogRecord("gunicorn.error", logging.ERROR, __file__, 1, "Worker (pid:%s) was sent SIGKILL! "
+                               "Perhaps out of memory?", (7,), None)
+    json_handler(stream).handle(record)
+    assert json.loads(stream.getvalue())["message"].endswith("Perhaps out of memory?")
+
+
 def test_a_log_line_is_one_json_object_with_time_level_logger_pid_and_message():
     record = logging.LogRecord("webapp.x", logging.INFO, __file__, 1, "hello %s", ("world",), None)
     record.request_id = "abc"
@@ -238,7 +263,7 @@ def test_a_log_line_is_one_json_object_with_time_level_logger_pid_and_message():
 def load_conf(monkeypatch, tmp_path: Path, **env: str) -> dict[str, Any]:
     """gunicorn.conf.py's settings as gunicorn sees them, under the given environment."""
     settings = ("PORT", "BIND_HOST", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT")
-    for name in (*settings, "SHUTDOWN_DRAIN_SECONDS"):
+    for name in (*settings, "SHUTDOWN_DRAIN_SECONDS", "CLIENT_READ_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
     # Set, so the file's setdefault leaves this test process's metrics mode alone.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
@@ -284,6 +309,25 @@ def test_gunicorn_conf_keeps_the_files_written_on_every_request_in_memory(monkey
 def test_gunicorn_conf_refuses_a_stop_that_overruns_the_platforms_window(monkeypatch, tmp_path: Path):
     with pytest.raises(ValueError, match="stop window"):
         load_conf(monkeypatch, tmp_path, GUNICORN_GRACEFUL_TIMEOUT="28", SHUTDOWN_DRAIN_SECONDS="5")
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, 5.0),
+    ({"GUNICORN_TIMEOUT": "4"}, 2.0),  # the default stays below a short worker timeout
+    ({"CLIENT_READ_TIMEOUT": "2.5"}, 2.5),
+])
+def test_gunicorn_conf_hands_the_workers_a_read_timeout_below_the_worker_timeout(
+        monkeypatch, tmp_path: Path, env: dict[str, str], expected: float):
+    conf = load_conf(monkeypatch, tmp_path, **env)
+    worker = SimpleNamespace()
+    conf["post_fork"](None, worker)
+    assert worker.read_timeout == expected < conf["timeout"]
+
+
+@pytest.mark.parametrize("value", ["0", "15", "-1"])
+def test_gunicorn_conf_refuses_a_read_timeout_the_worker_timeout_would_cut(monkeypatch, tmp_path: Path, value: str):
+    with pytest.raises(ValueError, match="CLIENT_READ_TIMEOUT"):
+        load_conf(monkeypatch, tmp_path, CLIENT_READ_TIMEOUT=value)
 
 
 def test_the_master_refuses_to_start_on_an_invalid_environment_with_one_message(monkeypatch, capsys):
