@@ -190,11 +190,21 @@ def test_malformed_chunked_framing_is_a_json_400_not_a_500(server: GunicornServe
     assert [line["level"] for line in rejection_lines(server, error["request_id"])] == ["WARNING"]
 
 
-def test_a_truncated_chunked_body_is_a_json_400(server: GunicornServer):
+@pytest.mark.parametrize("framing", [b"10\r\nabc", b"3\r\nabc\r\n0\r\n"], ids=["mid-chunk", "no-final-CRLF"])
+def test_a_truncated_chunked_body_is_a_json_400(server: GunicornServer, framing: bytes):
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(POST_CHUNKED + b"10\r\nabc")
+        sock.sendall(POST_CHUNKED + framing)
         sock.shutdown(socket.SHUT_WR)  # the client is done sending, and waits for the answer
         assert_json_error(parse(read_all(sock)), 400, "bad_request")
+
+
+def test_a_truncated_chunked_body_on_an_open_connection_is_a_json_408_within_the_read_timeout(server: GunicornServer):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(POST_CHUNKED + b"10\r\nabc")  # and then nothing, the connection left open
+        started = time.monotonic()
+        answer = read_all(sock)
+    assert time.monotonic() - started < ANSWER_WITHIN
+    assert_json_error(answer, 408, "request_timeout")
 
 
 def test_a_chunked_body_over_max_body_bytes_is_a_413_never_a_truncated_body_accepted(server: GunicornServer):
