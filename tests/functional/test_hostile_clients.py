@@ -93,7 +93,8 @@ def chunked(body: bytes, size: int = 4096) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
 
 
-POST_CHUNKED = b"POST /users HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+POST_CHUNKED = (b"POST /users HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
 
 
 # --- slow sockets ----------------------------------------------------------------------------------
@@ -224,7 +225,8 @@ def test_a_chunked_body_within_max_body_bytes_is_served(server: GunicornServer):
 
 
 @pytest.mark.parametrize("raw, status, code", [
-    (b"GET /livez HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", 431, "request_header_fields_too_large"),
+    (b"GET /livez HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+     431, "request_header_fields_too_large"),
     (b"GET /livez HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-H%d: v\r\n" % n for n in range(200)) + b"\r\n",
      431, "request_header_fields_too_large"),
     (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, "uri_too_long"),
