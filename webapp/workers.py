@@ -198,17 +198,13 @@ class DrainingSyncWorker(SyncWorker):
             return  # worker_abort already answered in JSON; gunicorn's HTML page must not follow
         answer = wire.answer_for(exc)
         rid = wire.request_id(req)
-        if answer is None:
-            self.log.exception("error handling request", extra={"request_id": rid})
-            answer = (500, "internal_error", "internal error; quote the request id when reporting it")
-        status, code, message = answer
-        if status < 500:
-            # One line: the client's mistake (or slowness), not ours. gunicorn's logger, so that
-            # its query-string redaction applies to the request line quoted in str(exc).
-            self.log.warning("rejected request: %s", exc, extra={
-                "status": status, "code": code, "request_id": rid, "remote_addr": addr[0] if addr else None,
-                "duration_ms": round((time.monotonic() - self.accepted_at) * 1000, 2),
-            })
+        status, code, message = answer or (500, "internal_error", "internal error; quote the request id")
+        # One line, on gunicorn's logger so that its query-string redaction applies to the request
+        # line quoted in str(exc): a WARNING for the client's mistake (or slowness), an ERROR for ours.
+        self.log.log(logging.WARNING if status < 500 else logging.ERROR, "rejected request: %s", exc, extra={
+            "status": status, "code": code, "request_id": rid, "remote_addr": addr[0] if addr else None,
+            "duration_ms": round((time.monotonic() - self.accepted_at) * 1000, 2),
+        }, exc_info=exc if answer is None else None)  # a bug of ours: with its traceback
         metrics = app_parts(self).get("metrics")
         if metrics is not None:
             method = getattr(req, "method", None) or "other"
