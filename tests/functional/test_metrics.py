@@ -167,9 +167,12 @@ def test_under_gunicorn_every_worker_reports_the_sum_of_all_workers(server_url: 
 
         # A reload replaces every worker: their counts stay (folded into one archive file per
         # kind, webapp/metrics_files.py), their live gauges (pool sizes) go.
+        old_workers = {line["pid"] for line in server.messages("worker ready")}
         server.send_signal(signal.SIGHUP)
         server.wait_for_messages("worker stopped", 4)
-        dead_files = [metrics_dir / f"{kind}_{pid}.db" for pid in served_by for kind in ("gauge_livesum", "counter")]
+        # Every old worker's files, not only those that served /users: a scrape racing the fold of a
+        # file it listed fails (until Metrics.render reads under metrics_files' lock).
+        dead_files = [metrics_dir / f"{kind}_{pid}.db" for pid in old_workers for kind in ("gauge_livesum", "counter")]
         deadline = time.monotonic() + 5  # child_exit runs in the master once it has reaped the worker
         while any(path.exists() for path in dead_files) and time.monotonic() < deadline:
             time.sleep(0.05)
