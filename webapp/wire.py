@@ -8,6 +8,11 @@ draining worker (workers.py) uses this module to:
   - read the whole body before the app runs (as the proxy would), so a broken chunked framing is
     a 400, a chunked body over MAX_BODY_BYTES a 413, and the app never waits on a socket;
   - answer whatever gunicorn's parser rejects (400/414/431/...) in the service's error shape.
+
+gunicorn has no public API for any of this. Relied upon: SyncWorker.handle/handle_request/
+handle_error, its parser reading through the socket's recv(), req.headers and req.body (the
+WSGI input), req._expected_100_continue, util.close_graceful. tests/functional/
+test_hostile_clients.py fails if any of them moves.
 """
 
 from __future__ import annotations
