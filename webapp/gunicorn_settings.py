@@ -79,7 +79,9 @@ def when_ready(server):
 
 
 def post_fork(server, worker):
-    lifecycle.post_fork(worker, drain_seconds=_settings.drain_seconds)
+    lifecycle.post_fork(
+        worker, drain_seconds=_settings.drain_seconds, client_read_timeout=_settings.client_read_timeout
+    )
 
 
 def post_worker_init(worker):

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 from flask import g, has_request_context
 from gunicorn.glogging import Logger
 
+from webapp import metrics_files
 from webapp.config import ConfigError, load_config
 from webapp.http import error_response
 from webapp.pipeline import record_request
@@ -112,12 +113,15 @@ def when_ready(server: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Master, after a worker died: drop its live gauges (pool sizes) from the multiprocess sums."""
+    """Master, after a worker died: fold its metric files into the archive, drop its live gauges (pool sizes)."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(worker.pid, path)
+        try:
+            metrics_files.archive_dead_worker(path, worker.pid)
+        except OSError:
+            # The master must outlive any file trouble; the worker's files stay and are still read.
+            log.warning("could not archive a dead worker's metric files", exc_info=True,
+                        extra={"worker_pid": worker.pid})
 
 
 def on_exit(server: Any, *, remove_metrics_dir: str | None = None) -> None:
@@ -141,9 +145,10 @@ class GunicornLogger(Logger):
 # --- worker hooks -----------------------------------------------------------------------------
 
 
-def post_fork(worker: Any, *, drain_seconds: float) -> None:
-    """Worker, just forked: hand it the drain delay (not a gunicorn setting, so it cannot read one)."""
+def post_fork(worker: Any, *, drain_seconds: float, client_read_timeout: float = 0.0) -> None:
+    """Worker, just forked: hand it the drain delay and read timeout (not gunicorn settings, so it cannot read them)."""
     worker.drain_seconds = drain_seconds
+    worker.read_timeout = client_read_timeout
 
 
 def post_worker_init(worker: Any) -> None:

@@ -12,9 +12,11 @@ from importlib import metadata
 from typing import IO, Any
 
 from flask import g, has_request_context
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_flask_exporter import PrometheusMetrics
 from pythonjsonlogger.orjson import OrjsonFormatter
+
+from webapp import metrics_files
 
 HANDLER_NAME = "webapp-json"
 CONSOLE_HANDLER_NAME = "webapp-console"  # LOG_FORMAT=console; configure_logging replaces either kind
@@ -25,7 +27,10 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 # Pool gauges are refreshed at most this often per worker: stats() takes the pool's lock.
 POOL_SAMPLE_SECONDS = 1.0
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_QUERY_STRING = re.compile(r"\?[^\s'\"]+")
+# From a "?" to the end of the message: gunicorn quotes a rejected request line raw, so the query
+# string may hold quotes and spaces, and nothing tells where it ends. Losing the rest of a rare
+# gunicorn message is cheaper than a token in the log. ("...out of memory?" has nothing after it.)
+_QUERY_STRING = re.compile(r"\?.+", re.DOTALL)
 
 
 class RequestIdFilter(logging.Filter):
@@ -260,7 +265,8 @@ class Metrics:
         """The text exposition: this process's registry, or every worker's files when multi-process."""
         if self.multiproc_dir:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)
+            # Reads under the lock the master holds while it folds a dead worker's files (metrics_files).
+            metrics_files.MultiProcessCollector(registry, path=self.multiproc_dir)
             return generate_latest(registry)
         return generate_latest(self.registry)
 

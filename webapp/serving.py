@@ -32,6 +32,7 @@ class ServerSettings:
     timeout: int
     graceful_timeout: int
     drain_seconds: float
+    client_read_timeout: float
     prestop_seconds: float
     stop_window: float
     backlog: int
@@ -51,6 +52,9 @@ def load_server_settings(environ: Mapping[str, str], *, cpus: int) -> ServerSett
         timeout=env.int("GUNICORN_TIMEOUT", 15),
         graceful_timeout=env.int("GUNICORN_GRACEFUL_TIMEOUT", 20),
         drain_seconds=env.float("SHUTDOWN_DRAIN_SECONDS", 1.0),
+        # A request's headers and body must all arrive this many seconds after accept, or the client
+        # gets a JSON 408 (nginx's client_header/body_timeout): a slow client holds a sync worker.
+        client_read_timeout=env.float("CLIENT_READ_TIMEOUT", None),
         prestop_seconds=env.float("PRESTOP_SECONDS", 0.0, validate=Range(0, 600)),
         stop_window=env.float("STOP_WINDOW_SECONDS", STOP_WINDOW_SECONDS, validate=Range(1, 3600)),
         # Bounded: past it the kernel drops new SYNs (clients retry) instead of queueing work we cannot reach.
@@ -60,6 +64,12 @@ def load_server_settings(environ: Mapping[str, str], *, cpus: int) -> ServerSett
         log_format=env.str("LOG_FORMAT", "json", validate=OneOf(LOG_FORMATS)),
     )
     problems = env.problems()
+    if not problems and values["client_read_timeout"] is None:
+        # Default 5 s, or half the worker timeout if shorter: the read must end before gunicorn's kill.
+        values["client_read_timeout"] = min(5.0, values["timeout"] / 2)
+    if not problems and not 0 < values["client_read_timeout"] < values["timeout"]:
+        # Else gunicorn's timeout kills a worker still waiting for a slow client (CRITICAL, SIGKILL).
+        problems["CLIENT_READ_TIMEOUT"] = ["must be above 0 and below GUNICORN_TIMEOUT"]
     if not problems:
         problems = stop_window_problems(
             timeout=values["timeout"], graceful_timeout=values["graceful_timeout"],

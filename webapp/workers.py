@@ -2,6 +2,8 @@
 
 The stop itself is described in lifecycle.py; this module holds the two pieces that touch the
 kernel: a BPF filter on the listening socket, and a worker that answers its listen backlog.
+The worker also reads each request whole within CLIENT_READ_TIMEOUT and answers what it
+rejects in JSON (wire.py).
 """
 
 from __future__ import annotations
@@ -15,12 +17,21 @@ import sys
 import time
 from typing import Any
 
+from gunicorn import util
 from gunicorn.workers.sync import SyncWorker
+
+from webapp import wire
 
 log = logging.getLogger("webapp.lifecycle")
 
 # A draining worker stops this long after the drain delay, so after the master's filter is on.
 WORKER_LAG_SECONDS = 0.5
+# After answering a request it rejected, a worker waits at most this long for the client to
+# close (gunicorn's own linger is 2 s): closing on unread bytes resets the connection, which
+# can destroy the answer, but a slow client must not hold the worker much longer either.
+REJECT_LINGER_SECONDS = 1.0
+# A chunked body's limit when the app does not say (Flask's MAX_CONTENT_LENGTH): MAX_BODY_BYTES' ceiling.
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 
 
 def app_parts(worker: Any) -> dict[str, Any]:
@@ -80,11 +91,13 @@ class DrainingSyncWorker(SyncWorker):
     """
 
     drain_seconds = 0.0  # set by post_fork
+    read_timeout = 0.0  # CLIENT_READ_TIMEOUT, set by post_fork; 0 leaves reads to gunicorn's timeout
     stopping = False
     stop_deadline = 0.0
     current_client: socket.socket | None = None
     answered_client: socket.socket | None = None
     abort_frame: Any = None
+    accepted_at = 0.0
 
     def init_signals(self) -> None:
         super().init_signals()
@@ -146,13 +159,62 @@ class DrainingSyncWorker(SyncWorker):
         return served
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
+        self.accepted_at = time.monotonic()
+        if self.read_timeout > 0 and not self.cfg.is_ssl:
+            # With TLS gunicorn wraps the socket itself; this service leaves TLS to its proxy.
+            client = wire.with_read_deadline(client, self.read_timeout)
         self.current_client = client  # worker_abort answers it if the request outlives the timeout
         try:
             super().handle(listener, client, addr)
         finally:
             self.current_client = None
 
+    def handle_request(self, listener: Any, req: Any, client: Any, addr: Any) -> None:
+        try:
+            wire.buffer_body(req, client, self.max_body_bytes())
+        finally:
+            wire.end_read_deadline(client)
+        super().handle_request(listener, req, client, addr)
+
+    def max_body_bytes(self) -> int:
+        config = getattr(self.wsgi, "config", None)  # a Flask app's, read when needed: it is built after fork
+        limit = config.get("MAX_CONTENT_LENGTH") if config is not None else None
+        return int(limit) if limit else DEFAULT_MAX_BODY_BYTES
+
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """Answer what gunicorn or wire.py rejected in the service's JSON error shape, never HTML."""
+        wire.end_read_deadline(client)
+        if isinstance(exc, SystemExit):
+            # gunicorn's timeout (SIGABRT) or a quick stop (SIGQUIT) inside a request. gunicorn's
+            # handle() would catch it here, answer HTML, linger up to 2 s for the client to close,
+            # and carry on serving, while the master SIGKILLs the worker ("Perhaps out of memory?").
+            # Exit now instead, with whatever answer worker_abort managed to send.
+            if client is not self.answered_client:
+                self.send_error(client, 503, "service_unavailable", "the server stopped before answering; retry",
+                                wire.request_id(req))
+            client.close()
+            raise exc
         if client is self.answered_client:
             return  # worker_abort already answered in JSON; gunicorn's HTML page must not follow
-        super().handle_error(req, client, addr, exc)
+        answer = wire.answer_for(exc)
+        rid = wire.request_id(req)
+        status, code, message = answer or (500, "internal_error", "internal error; quote the request id")
+        # One line, on gunicorn's logger so that its query-string redaction applies to the request
+        # line quoted in str(exc): a WARNING for the client's mistake (or slowness), an ERROR for ours.
+        self.log.log(logging.WARNING if status < 500 else logging.ERROR, "rejected request: %s", exc, extra={
+            "status": status, "code": code, "request_id": rid, "remote_addr": addr[0] if addr else None,
+            "duration_ms": round((time.monotonic() - self.accepted_at) * 1000, 2),
+        }, exc_info=exc if answer is None else None)  # a bug of ours: with its traceback
+        metrics = app_parts(self).get("metrics")
+        if metrics is not None:
+            method = getattr(req, "method", None) or "other"
+            metrics.observe_request(method, "<rejected>", status, time.monotonic() - self.accepted_at)
+        self.send_error(client, status, code, message, rid)
+        util.close_graceful(client, timeout=REJECT_LINGER_SECONDS)  # gunicorn's own close after it: a no-op
+
+    def send_error(self, client: Any, status: int, code: str, message: str, request_id: str) -> None:
+        try:
+            client.setblocking(False)  # as gunicorn's own error page: a client that reads nothing cannot block us
+            client.send(wire.error_bytes(status, code, message, request_id))
+        except OSError:
+            log.debug("could not send the error response", exc_info=True)

@@ -17,13 +17,13 @@ from tests.pgbouncer_server import require
 
 pytestmark = pytest.mark.slow
 
-# Short stop windows (valid together: see lifecycle.check_stop_window), so a restart takes ~1 s.
+# Short stop windows (valid together: see serving.stop_window_problems), so a restart takes ~1 s.
 FAST_STOP = {"REQUEST_TIMEOUT": "2", "GUNICORN_TIMEOUT": "5", "GUNICORN_GRACEFUL_TIMEOUT": "10",
              "SHUTDOWN_DRAIN_SECONDS": "0.5", "LOG_LEVEL": "info"}
 
 
 def test_a_rolling_restart_behind_nginx_fails_no_request_and_keeps_every_201(
-    pgbouncer, database_url: str, db, tmp_path: Path,  # type: ignore[no-untyped-def]
+    pgbouncer, database_url: str, db, tmp_path: Path,
 ) -> None:
     require("nginx", nginx_binary())  # and the pgbouncer fixture, PgBouncer
     for i in range(20):

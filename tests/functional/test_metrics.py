@@ -3,6 +3,7 @@ across gunicorn's worker processes."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -79,6 +80,34 @@ def test_without_a_token_only_loopback_callers_may_read_metrics(client):
     assert "http_requests_total" not in outside.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("header, value", [
+    ("X-Forwarded-For", "203.0.113.9"),
+    ("Forwarded", "for=203.0.113.9"),
+    ("X-Real-IP", "203.0.113.9"),
+    ("X-Forwarded-Host", "api.example.com"),
+])
+def test_without_a_token_a_request_that_came_through_a_proxy_is_refused_even_from_loopback(
+        client, header: str, value: str):
+    # A proxy on the same host makes every client look like loopback; its headers give it away.
+    refused = client.get("/metrics", headers={header: value})
+    assert refused.status_code == 404
+    assert "http_requests_total" not in refused.get_data(as_text=True)
+
+
+def test_refused_scrapes_are_counted_and_logged_at_warning_at_most_once_a_minute(client, caplog):
+    with caplog.at_level(logging.WARNING, logger="webapp.metrics"):
+        for _ in range(3):
+            assert client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 404
+        assert client.get("/metrics", environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code == 404
+    warnings = [r for r in caplog.records if r.name == "webapp.metrics"]
+    assert [(r.levelname, r.getMessage(), r.reason) for r in warnings] == [
+        ("WARNING", "refused a /metrics request", "proxied")
+    ]
+    text = client.get("/metrics").get_data(as_text=True)
+    assert value(text, "metrics_scrapes_refused_total", reason="proxied") == 3
+    assert value(text, "metrics_scrapes_refused_total", reason="not_loopback") == 1
+
+
 def test_with_a_token_only_its_bearer_may_read_metrics_even_from_loopback(database_url: str, db, apps):
     client = build(apps, database_url, METRICS_TOKEN="scrape-me-7f3a").test_client()
     assert client.get("/metrics").status_code == 404
@@ -136,14 +165,18 @@ def test_under_gunicorn_every_worker_reports_the_sum_of_all_workers(server_url: 
         scraped_from = {line["pid"] for line in lines if line.get("raw_path") == "/metrics"}
         assert len(served_by) >= 2 and len(scraped_from) >= 2  # the sums really crossed processes
 
-        # A reload replaces every worker: their counts stay, their live gauges (pool sizes) go.
+        # A reload replaces every worker: their counts stay (folded into one archive file per
+        # kind, webapp/metrics_files.py), their live gauges (pool sizes) go.
+        old_workers = {line["pid"] for line in server.messages("worker ready")}
         server.send_signal(signal.SIGHUP)
         server.wait_for_messages("worker stopped", 4)
-        live_gauges = [metrics_dir / f"gauge_livesum_{pid}.db" for pid in served_by]
+        # Every old worker's files, not only those that served /users: a scrape racing the fold of a
+        # file it listed fails (until Metrics.render reads under metrics_files' lock).
+        dead_files = [metrics_dir / f"{kind}_{pid}.db" for pid in old_workers for kind in ("gauge_livesum", "counter")]
         deadline = time.monotonic() + 5  # child_exit runs in the master once it has reaped the worker
-        while any(path.exists() for path in live_gauges) and time.monotonic() < deadline:
+        while any(path.exists() for path in dead_files) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not [path.name for path in live_gauges if path.exists()]
-        assert all((metrics_dir / f"counter_{pid}.db").exists() for pid in served_by)
+        assert not [path.name for path in dead_files if path.exists()]
+        assert (metrics_dir / "counter_archive.db").exists()
         text = server.get("/metrics")[2].decode()
         assert value(text, "http_requests_total", method="GET", path=USER_ROUTE, status="404") == requests

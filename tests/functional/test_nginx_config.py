@@ -75,7 +75,7 @@ def resetting_instance() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture
-def nginx_in_front():  # type: ignore[no-untyped-def]
+def nginx_in_front():
     """nginx from the template in front of the given instance ports; stopped at the end."""
     require("nginx", nginx_binary())
     started: list[Nginx] = []

@@ -42,12 +42,13 @@ from tests.functional.test_idempotency import (  # noqa: F401
 from tests.gunicorn_server import GunicornServer, run_gunicorn
 from tests.pgbouncer_server import server_settings
 from webapp import create_app
+from webapp.watchdog import GRACE_SECONDS
 
 DEADLINE_MARGIN = 0.5
 
 
 @pytest.fixture
-def app(pgbouncer_url: str, db) -> Iterator[Flask]:  # type: ignore[no-untyped-def]
+def app(pgbouncer_url: str, db) -> Iterator[Flask]:
     """The real app through PgBouncer; a queue long enough for the 50-way concurrent tests."""
     app = create_app(make_config(pgbouncer_url, DB_POOL_MAX="10", DB_POOL_MAX_WAITING="100", DB_POOL_TIMEOUT="10"))
     yield app
@@ -55,7 +56,7 @@ def app(pgbouncer_url: str, db) -> Iterator[Flask]:  # type: ignore[no-untyped-d
 
 
 @pytest.fixture
-def client(app: Flask):  # type: ignore[no-untyped-def]
+def client(app: Flask):
     return app.test_client()
 
 
@@ -66,7 +67,7 @@ def gunicorn(pgbouncer_url: str) -> Iterator[GunicornServer]:
         yield server
 
 
-def a_user_and_a_product(db, stock: int) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def a_user_and_a_product(db, stock: int) -> tuple[int, int]:
     user = db.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org') RETURNING id").fetchone()[0]
     product = db.execute(
         "INSERT INTO products (sku, name, price_cents, stock) VALUES ('P1', 'P1', 100, %s) RETURNING id", (stock,)
@@ -149,11 +150,11 @@ def test_after_the_apps_traffic_another_client_of_the_pool_sees_default_settings
 
 
 
-def test_while_pgbouncer_is_paused_a_request_gets_a_fast_503_with_retry_after_then_recovers_by_itself(
+def test_while_pgbouncer_is_paused_requests_end_at_their_deadline_then_fail_fast_then_recover_by_themselves(
     pgbouncer: PgBouncer, pgbouncer_url: str, db, apps: list[Flask],
 ) -> None:
     user, _product = a_user_and_a_product(db, stock=1)
-    app = create_app(make_config(pgbouncer_url, REQUEST_TIMEOUT="1"))
+    app = create_app(make_config(pgbouncer_url, REQUEST_TIMEOUT="1", DB_BREAKER_RESET_AFTER="1"))
     apps.append(app)
     client = app.test_client()
     assert client.get(f"/users/{user}").status_code == 200
@@ -165,16 +166,22 @@ def test_while_pgbouncer_is_paused_a_request_gets_a_fast_503_with_retry_after_th
             started = time.monotonic()
             future = pool.submit(client.get, f"/users/{user}")
             try:
-                response = future.result(timeout=3.0)
+                first = future.result(timeout=3.0)
             except FutureTimeout:
-                response = None
+                first = None
             seconds = time.monotonic() - started
+            # The silence opened the database breaker: the next request is refused at once.
+            started = time.monotonic()
+            second = client.get(f"/users/{user}")
+            fail_fast = time.monotonic() - started
         finally:
             pgbouncer.resume()  # also frees a request that ignored its deadline, so the test ends
-    assert response is not None, f"still waiting after {seconds:.1f} s: the request had no client-side deadline"
-    assert response.status_code == 503 and response.headers.get("Retry-After"), (response.status_code, response.json)
-    assert response.json["error"]["code"] == "service_unavailable"
-    assert seconds <= 1.0 + DEADLINE_MARGIN
+    assert first is not None, f"still waiting after {seconds:.1f} s: the request had no client-side deadline"
+    assert first.status_code == 504 and first.get_json()["error"]["code"] == "deadline_exceeded"
+    assert seconds <= 1.0 + GRACE_SECONDS + DEADLINE_MARGIN
+    assert second.status_code == 503 and second.headers.get("Retry-After") == "1"
+    assert second.get_json()["error"]["code"] == "service_unavailable"
+    assert fail_fast < 0.2
     deadline = time.monotonic() + 5
     while client.get(f"/users/{user}").status_code != 200:  # back without a restart
         assert time.monotonic() < deadline, "no recovery within 5 s of RESUME"

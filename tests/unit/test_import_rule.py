@@ -11,9 +11,10 @@ import webapp
 
 # Top to bottom. A module may import its own layer or any layer below it, never one above.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "composition": ("webapp", "webapp.__main__", "webapp.devserver", "webapp.lifecycle", "webapp.gunicorn_settings"),
+    "composition": ("webapp", "webapp.__main__", "webapp.devserver", "webapp.lifecycle", "webapp.gunicorn_settings",
+                    "webapp.serving"),
     "edge": ("webapp.pipeline", "webapp.http", "webapp.blueprints", "webapp.json_provider", "webapp.converters",
-             "webapp.workers", "webapp.observability", "webapp.metrics_files"),
+             "webapp.workers", "webapp.wire", "webapp.observability", "webapp.metrics_files"),
     "services": ("webapp.services",),
     "adapters": ("webapp.unit_of_work", "webapp.repositories", "webapp.cache", "webapp.db", "webapp.watchdog",
                  "webapp.migrate"),
@@ -24,7 +25,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "flask": ("composition", "edge"),
     "werkzeug": ("composition", "edge"),
-    "gunicorn": ("webapp.workers", "webapp.lifecycle", "webapp.gunicorn_settings"),
+    "gunicorn": ("webapp.workers", "webapp.wire", "webapp.lifecycle", "webapp.gunicorn_settings"),
     "psycopg": ("webapp.db", "webapp.migrate", "webapp.__main__", "webapp.config"),
     "psycopg_pool": ("webapp.db",),
     "redis": ("webapp.cache",),
@@ -38,7 +39,7 @@ def layer_of(module: str) -> str:
         (len(prefix), layer)
         for layer, prefixes in LAYERS.items()
         for prefix in prefixes
-        if module == prefix or module.startswith(prefix + ".")
+        if module == prefix or (prefix != "webapp" and module.startswith(prefix + "."))  # the root: itself only
     ]
     assert matches, f"{module} is in no layer: place it in LAYERS (and in README's import rule)"
     return max(matches)[1]
@@ -48,9 +49,10 @@ def imports_of(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     found: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if isinstance(node, ast.ImportFrom) and node.module == "webapp":
+            found.update(f"webapp.{alias.name}" for alias in node.names)  # `from webapp import x`: the module x
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names if node.module == "webapp")
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
     return found

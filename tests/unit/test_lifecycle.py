@@ -17,7 +17,7 @@ import pytest
 from gunicorn.config import Config as GunicornConfig
 
 from webapp import lifecycle
-from webapp.observability import HANDLER_NAME, configure_logging, gunicorn_logconfig, json_formatter
+from webapp.observability import HANDLER_NAME, configure_logging, gunicorn_logconfig, json_formatter, json_handler
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -151,6 +151,32 @@ def test_a_worker_replaces_the_masters_json_handler_instead_of_printing_twice():
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+
+
+@pytest.mark.parametrize("line", [
+    "GET /x?q='&token=SECRET4 HTTP/1.1",
+    'GET /x?q="a b"&token=SECRET4 HTTP/1.1',
+    "GET /x?q=a b c&token=SECRET4 \x7f HTTP/1.1",
+])
+def test_gunicorn_messages_lose_the_whole_query_string_whatever_it_holds(line: str):
+    stream = io.StringIO()
+    handler = json_handler(stream)
+    record = logging.LogRecord("gunicorn.error", logging.WARNING, __file__, 1,
+                               "Invalid request from ip=%s: %s", ("127.0.0.1", f"Invalid HTTP request line: {line!r}"),
+                               None)
+    handler.handle(record)
+    message = json.loads(stream.getvalue())["message"]
+    assert "SECRET4" not in message and "token" not in message
+    assert message.startswith("Invalid request from ip=127.0.0.1: Invalid HTTP request line: ")
+    assert "?<redacted>" in message
+
+
+def test_a_question_at_the_end_of_a_gunicorn_message_is_kept():
+    stream = io.StringIO()
+    record = logging.LogRecord("gunicorn.error", logging.ERROR, __file__, 1, "Worker (pid:%s) was sent SIGKILL! "
+                               "Perhaps out of memory?", (7,), None)
+    json_handler(stream).handle(record)
+    assert json.loads(stream.getvalue())["message"].endswith("Perhaps out of memory?")
 
 
 def test_a_log_line_is_one_json_object_with_time_level_logger_pid_and_message():

@@ -116,3 +116,20 @@ def test_prometheus_client_still_chooses_its_storage_from_the_variable_when_aske
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     assert getattr(prometheus_client.values.get_value_class(), "_multiprocess", False) is True
     assert hasattr(prometheus_client.values, "ValueClass")
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, 5.0),
+    ({"GUNICORN_TIMEOUT": "4", "GUNICORN_GRACEFUL_TIMEOUT": "20"}, 2.0),  # the default stays below a short timeout
+    ({"CLIENT_READ_TIMEOUT": "2.5"}, 2.5),
+])
+def test_workers_get_a_read_timeout_below_the_worker_timeout(env: dict[str, str], expected: float):
+    settings = load_server_settings(env, cpus=1)
+    assert settings.client_read_timeout == expected < settings.timeout
+
+
+@pytest.mark.parametrize("value", ["0", "15", "-1"])
+def test_a_read_timeout_the_worker_timeout_would_cut_is_refused(value: str):
+    with pytest.raises(ConfigError) as refused:
+        load_server_settings({"CLIENT_READ_TIMEOUT": value}, cpus=1)
+    assert set(refused.value.problems) == {"CLIENT_READ_TIMEOUT"}
