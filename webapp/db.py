@@ -19,7 +19,7 @@ from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
 from webapp.errors import CommitFailed, DeadlineExceeded, TransientDatabaseError, Unavailable
-from webapp.resilience import CircuitBreaker, CircuitOpen, Deadline, RetryError, retry_with_backoff
+from webapp.resilience import HALF_OPEN, CircuitBreaker, CircuitOpen, Deadline, RetryError, retry_with_backoff
 from webapp.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -239,32 +239,28 @@ def begin_statement(deadline: Deadline, read_only: bool) -> bytes:
 
 
 def database_breaker(threshold: int = 1, reset_after: float = 5.0, **kwargs: Any) -> CircuitBreaker:
-    """The breaker in front of checkout: a connection that failed, went silent or could not be had.
+    """The breaker in front of checkout: a connection that failed or went silent opens it.
 
-    One failure opens it: a server silent past a whole deadline, or a pool that could not hand
-    out a connection within DB_POOL_TIMEOUT, is no blip, and every request queued behind it
-    would wait as long for the same answer. While open, requests get 503 at once; after
-    reset_after one call (often a readiness probe, bounded by HEALTH_TIMEOUT) is the trial.
+    One failure is enough: a server silent past a whole deadline, or a connection refused, is no
+    blip, and every request queued behind it would wait as long for the same answer. While open,
+    requests get 503 at once; after reset_after one call (often a readiness probe, bounded by
+    HEALTH_TIMEOUT) is the trial. A checkout that times out is load while the breaker is closed
+    (it never opens it), but a failed trial while half-open: the pool still cannot reach Postgres.
     """
-    return CircuitBreaker("database", threshold=threshold, reset_after=reset_after,
-                          is_failure=is_connection_failure, **kwargs)
+
+    def is_failure(exc: BaseException) -> bool:
+        trial = breaker.state == HALF_OPEN  # read outside the breaker's lock: call() holds none here
+        return is_broken_connection(exc) or (trial and isinstance(exc, psycopg_pool.PoolTimeout))
+
+    breaker = CircuitBreaker("database", threshold=threshold, reset_after=reset_after, is_failure=is_failure, **kwargs)
+    return breaker
 
 
 def is_broken_connection(exc: BaseException) -> bool:
-    """A connection that failed (worth trying another), not a pool that is empty or full."""
+    """A connection that failed or was cut (worth trying another), not a pool that is empty or full."""
     return isinstance(exc, psycopg.OperationalError) and not isinstance(
         exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests
     )
-
-
-def is_connection_failure(exc: BaseException) -> bool:
-    """What opens the database breaker: a broken or silent connection, or none to be had in time.
-
-    A checkout that times out counts: a sync worker runs one request at a time, so its pool's
-    only other user is a health check, and a wait of DB_POOL_TIMEOUT means Postgres cannot be
-    reached. A full queue (TooManyRequests) does not: that is load, answered 503 at once anyway.
-    """
-    return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg_pool.TooManyRequests)
 
 
 def domain_error(exc: psycopg.Error) -> Exception | None:

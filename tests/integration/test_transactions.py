@@ -360,3 +360,22 @@ def test_a_silent_server_opens_the_breaker_until_reset_after_then_a_trial_closes
         assert moves == [OPEN, HALF_OPEN, CLOSED]
     finally:
         database.close()
+
+
+def test_a_trial_that_cannot_get_a_connection_keeps_the_breaker_open_while_a_busy_pool_never_opens_it():
+    # Port 1: nothing listens, so the pool never has a connection to hand out (as while Postgres is down).
+    breaker = database_breaker(reset_after=0.2)
+    unreachable = Database("postgresql://postgres@127.0.0.1:1/nowhere", min_size=0, max_size=1, timeout=0.2,
+                           breaker=breaker)
+    unreachable.open()
+    try:
+        with pytest.raises(Unavailable), unreachable.transaction(Deadline(5)) as tx:
+            tx.execute("SELECT 1")
+        assert breaker.state == CLOSED  # closed: a checkout that timed out may just be load
+        breaker.record_failure()  # as the watchdog does when it cuts a silent connection
+        time.sleep(0.25)
+        with pytest.raises(Unavailable), unreachable.transaction(Deadline(5)) as tx:
+            tx.execute("SELECT 1")  # the trial: still no connection within DB_POOL_TIMEOUT
+        assert breaker.state == OPEN
+    finally:
+        unreachable.close(timeout=1)
