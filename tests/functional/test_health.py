@@ -15,7 +15,6 @@ from flask import Flask
 from tests.conftest import make_config
 from webapp import create_app
 from webapp.observability import HANDLER_NAME, configure_logging
-from webapp.services.health import HealthService
 
 SECRET_PASSWORD = "pw-that-must-never-show-7f3a"
 
@@ -113,32 +112,6 @@ def test_probes_take_no_request_transaction_and_ignore_the_request_deadline(app:
     assert checkouts(app) == before + 1  # the ping's own connection, nothing for the request
     stats = database.stats()
     assert stats["available"] == stats["size"]  # and it was given back before the response
-
-
-def test_checks_run_concurrently_and_the_slowest_costs_only_the_timeout():
-    def hang(timeout: float) -> None:
-        time.sleep(timeout * 3)
-
-    health = HealthService(required={"database": hang}, optional={"cache": hang}, timeout=0.3)
-    try:
-        started = time.monotonic()
-        healthy, checks = health.check()
-        elapsed = time.monotonic() - started
-    finally:
-        health.close()
-    assert (healthy, checks) == (False, {"database": "timeout", "cache": "timeout"})
-    assert elapsed < 0.3 + 0.25  # one timeout for both, not one each
-
-
-def test_a_driver_error_is_reported_by_its_class_only():
-    def fail(timeout: float) -> None:
-        raise OSError(f"could not connect to postgresql://postgres:{SECRET_PASSWORD}@db:5432/app")
-
-    health = HealthService(required={"database": fail}, optional={}, timeout=0.3)
-    try:
-        assert health.check() == (False, {"database": "unavailable: OSError"})
-    finally:
-        health.close()
 
 
 @pytest.mark.parametrize("level, logged", [("info", False), ("debug", True)])
