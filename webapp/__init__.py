@@ -56,6 +56,7 @@ def create_app(
         max_waiting=config.db_pool_max_waiting,
         prepared_statements=config.db_prepared_statements,
         breaker=database_breaker(reset_after=config.db_breaker_reset_after, on_transition=metrics.breaker_moved),
+        trial_timeout=config.health_timeout,  # a breaker's trial waits no longer than a readiness check
     )
     database.open()
     metrics.watch_pool(database.stats)

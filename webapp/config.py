@@ -50,7 +50,7 @@ class Config:
     db_pool_timeout: float = 2.0
     db_pool_max_waiting: int = 32
     db_prepared_statements: bool = False  # only straight to Postgres, never through PgBouncer < 1.21
-    db_breaker_reset_after: float = 5.0
+    db_breaker_reset_after: float = 1.0
     redis_url: str | None = None
     cache_ttl: int = 300
     cache_socket_timeout: float = 0.05
@@ -182,7 +182,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         db_pool_timeout=env.float("DB_POOL_TIMEOUT", 2.0, validate=positive),
         db_pool_max_waiting=env.int("DB_POOL_MAX_WAITING", 32, validate=Range(1, 10_000)),
         db_prepared_statements=env.bool("DB_PREPARED_STATEMENTS", False),
-        db_breaker_reset_after=env.float("DB_BREAKER_RESET_AFTER", 5.0, validate=Range(0, 60)),
+        db_breaker_reset_after=env.float("DB_BREAKER_RESET_AFTER", 1.0, validate=Range(0, 60)),
         redis_url=env.redis_url("REDIS_URL", None),
         cache_ttl=env.int("CACHE_TTL", 300, validate=Range(1, 86_400)),
         cache_socket_timeout=env.float("CACHE_SOCKET_TIMEOUT", 0.05, validate=Range(0, 5, min_inclusive=False)),

@@ -38,9 +38,11 @@ class Database:
         max_waiting: int = 32,
         prepared_statements: bool = False,
         breaker: CircuitBreaker | None = None,
+        trial_timeout: float = 1.0,
         name: str = "webapp",
     ):
         self.checkout_timeout = timeout
+        self.trial_timeout = trial_timeout
         self.breaker = breaker or database_breaker()
         self.watchdog = Watchdog()
         self.pool = psycopg_pool.ConnectionPool(
@@ -126,13 +128,20 @@ class Database:
     def _begin(self, deadline: Deadline, read_only: bool) -> psycopg.Connection[Any]:
         if deadline.expired():
             raise DeadlineExceeded("request deadline passed before the database was reached")
-        conn = self.pool.getconn(timeout=deadline.bound(self.checkout_timeout))
-        self.watchdog.arm(conn, conn.pgconn.socket, deadline.remaining())
+        # The trial call of a half-open breaker is a probe: it waits trial_timeout, not a whole
+        # deadline, so a database still silent costs one worker a second, not a request's budget.
+        trial = self.breaker.state == HALF_OPEN
+        wait = min(deadline.remaining(), self.trial_timeout) if trial else deadline.remaining()
+        conn = self.pool.getconn(timeout=min(self.checkout_timeout, wait))
+        # (A trial's grace is inside its trial_timeout: the watchdog adds the grace to what it is given.)
+        self.watchdog.arm(conn, conn.pgconn.socket, max(0.0, wait - self.watchdog.grace) if trial else wait)
         try:
             run_command(conn, begin_statement(deadline, read_only))
         except BaseException:
             self.release(conn)
             raise
+        if trial:  # it answered: the rest of the request has its whole deadline again
+            self.watchdog.arm(conn, conn.pgconn.socket, deadline.remaining())
         return conn
 
     def release(self, conn: psycopg.Connection[Any]) -> None:
@@ -238,7 +247,7 @@ def begin_statement(deadline: Deadline, read_only: bool) -> bytes:
     return mode + b"; SET LOCAL statement_timeout = %d" % budget_ms
 
 
-def database_breaker(threshold: int = 1, reset_after: float = 5.0, **kwargs: Any) -> CircuitBreaker:
+def database_breaker(threshold: int = 1, reset_after: float = 1.0, **kwargs: Any) -> CircuitBreaker:
     """The breaker in front of checkout: a connection that failed or went silent opens it.
 
     One failure is enough: a server silent past a whole deadline, or a connection refused, is no
