@@ -16,12 +16,14 @@ from webapp.errors import Unavailable
 from webapp.resilience import CLOSED, Deadline
 
 CHECKOUT_TIMEOUT = 0.5
+# Its own application_name: other tests (PgBouncer's pooled server connections) may hold ones named "webapp".
+POOL_NAME = "webapp-pool-limits"
 MARGIN = 0.3  # thread start-up and scheduling on a busy 2-core machine
 
 
 @pytest.fixture
 def database(database_url: str, db) -> Iterator[Database]:
-    database = Database(database_url, min_size=2, max_size=2, timeout=CHECKOUT_TIMEOUT, max_waiting=1)
+    database = Database(database_url, min_size=2, max_size=2, timeout=CHECKOUT_TIMEOUT, max_waiting=1, name=POOL_NAME)
     database.open()
     database.pool.wait(timeout=5)
     yield database
@@ -98,7 +100,8 @@ def test_a_flood_on_an_exhausted_pool_is_refused_quickly_and_never_opens_more_co
     assert all(seconds < CHECKOUT_TIMEOUT + MARGIN for _, seconds in results), results
     assert sum(seconds >= CHECKOUT_TIMEOUT * 0.9 for _, seconds in results) <= 1, results  # only the one queued
     connections = db.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'webapp' AND datname = current_database()"
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+        (POOL_NAME,),
     ).fetchone()
     assert connections == (2,)  # max_size holds under pressure
     assert database.breaker.state == CLOSED  # a busy pool is not a dead database: nothing fails fast later
@@ -115,6 +118,7 @@ def test_a_queued_caller_gets_the_first_connection_returned_and_the_pool_recover
     stats = database.stats()
     assert stats["available"] == stats["size"] == 2 and stats["waiting"] == 0
     states = db.execute(
-        "SELECT state FROM pg_stat_activity WHERE application_name = 'webapp' AND datname = current_database()"
+        "SELECT state FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+        (POOL_NAME,),
     ).fetchall()
     assert states == [("idle",), ("idle",)]
