@@ -15,10 +15,10 @@ from typing import Any, LiteralString
 
 import psycopg
 import psycopg_pool
-from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
-from webapp.errors import CommitFailed, DeadlineExceeded, TransientDatabaseError, Unavailable
+from webapp.connections import begin_statement, connection_kwargs, domain_error, is_broken_connection, run_command
+from webapp.errors import CommitFailed, DeadlineExceeded, Unavailable
 from webapp.resilience import HALF_OPEN, CircuitBreaker, CircuitOpen, Deadline, RetryError, retry_with_backoff
 from webapp.watchdog import Watchdog
 
@@ -212,41 +212,6 @@ class Transaction:
         return domain_error(exc)
 
 
-def connection_kwargs(name: str, prepared_statements: bool) -> dict[str, Any]:
-    """libpq/psycopg settings for every pooled connection: client-only, nothing the server keeps."""
-    return {
-        # We send BEGIN ourselves, with the deadline in it (begin_statement).
-        "autocommit": True,
-        "application_name": name,
-        "connect_timeout": 5,
-        # A link that drops packets (not one that answers RST) is noticed by TCP itself, for idle
-        # pooled connections too: keepalive probes, and a cap on unacknowledged data (ms).
-        "keepalives": 1,
-        "keepalives_idle": 10,
-        "keepalives_interval": 5,
-        "keepalives_count": 3,
-        "tcp_user_timeout": 15_000,
-        # Server-side prepared statements live in the server session: through PgBouncer < 1.21 in
-        # transaction mode the next statement may land on another server connection ("prepared
-        # statement _pg3_0 does not exist", or worse, another statement's result). None = never.
-        "prepare_threshold": 5 if prepared_statements else None,
-    }
-
-
-def begin_statement(deadline: Deadline, read_only: bool) -> bytes:
-    """BEGIN with the deadline's time left as SET LOCAL statement_timeout: one simple query, one round trip.
-
-    SET LOCAL ends with the transaction, so no other client of a pooler's server connection
-    ever sees it. Trap: SET takes no bind parameters (`SET LOCAL statement_timeout = %s` is a
-    syntax error in psycopg 3), so the value, an int we computed, is formatted in; bytes, since
-    psycopg sends a parameterless query as one simple query, both statements in one round trip.
-    GET/HEAD use READ ONLY: Postgres itself then refuses any write (error 25006).
-    """
-    budget_ms = max(1, int(deadline.remaining() * 1000))
-    mode = b"BEGIN READ ONLY" if read_only else b"BEGIN"
-    return mode + b"; SET LOCAL statement_timeout = %d" % budget_ms
-
-
 def database_breaker(threshold: int = 1, reset_after: float = 1.0, **kwargs: Any) -> CircuitBreaker:
     """The breaker in front of checkout: a connection that failed or went silent opens it.
 
@@ -263,40 +228,3 @@ def database_breaker(threshold: int = 1, reset_after: float = 1.0, **kwargs: Any
 
     breaker = CircuitBreaker("database", threshold=threshold, reset_after=reset_after, is_failure=is_failure, **kwargs)
     return breaker
-
-
-def is_broken_connection(exc: BaseException) -> bool:
-    """A connection that failed or was cut (worth trying another), not a pool that is empty or full."""
-    return isinstance(exc, psycopg.OperationalError) and not isinstance(
-        exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests
-    )
-
-
-def domain_error(exc: psycopg.Error) -> Exception | None:
-    """The domain error a caller can act on (retry, 503, 504) for a psycopg error, or None."""
-    if isinstance(exc, pg_errors.QueryCanceled):
-        return DeadlineExceeded("the database did not answer within the request's deadline")
-    if isinstance(exc, pg_errors.SerializationFailure | pg_errors.DeadlockDetected):
-        return TransientDatabaseError(f"transaction conflict ({exc.sqlstate}); retry")
-    if isinstance(exc, psycopg.OperationalError):
-        return Unavailable("database connection lost")
-    return None
-
-
-
-
-def run_command(conn: psycopg.Connection[Any], command: bytes) -> None:
-    """THE speed trick of this module: BEGIN and ROLLBACK through libpq's PQexec, one C call.
-
-    psycopg's conn.execute() builds a cursor, converts the query and steps a generator through
-    its wait loop: for these two statements, which take no parameters and return no rows, that
-    measured 7.9 % of all instructions per GET (`python -m bench.instructions`, 1,253k → 1,154k).
-    pgconn.exec_ is psycopg's documented low-level libpq API; it releases the GIL while it
-    waits, so the watchdog can still cut a silent server. COMMIT stays on conn.commit(), which
-    waits on disk and replicas and whose errors matter.
-    """
-    result = conn.pgconn.exec_(command)
-    if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
-        # Only a connection that died (or was cut) fails here: checkout retries on another one.
-        reason = result.error_message.decode(errors="replace").strip() or "no reason given"
-        raise psycopg.OperationalError(f"{command.split(None, 1)[0].decode()} failed: {reason}")
