@@ -114,3 +114,13 @@ def test_purge_deletes_only_idempotency_keys_past_their_retention(database_url, 
     )
     assert main(["purge-idempotency-keys"], {"DATABASE_URL": database_url}, io.StringIO()) == 0
     assert db.execute("SELECT key FROM idempotency_keys").fetchall() == [("new-key-1",)]
+
+
+def test_a_successful_check_logs_the_database_without_its_password(database_url: str, capsys):
+    # Trust authentication ignores the password, so the check succeeds and writes its log line.
+    with_password = database_url.replace("postgresql://postgres@", "postgresql://postgres:hunter2-secret@", 1)
+    assert with_password != database_url, "the test database URL has no user@ part to add a password to"
+    assert main(["check"], {"DATABASE_URL": with_password}, io.StringIO()) == 0
+    logged = capsys.readouterr().out
+    assert "configuration ok" in logged
+    assert "hunter2-secret" not in logged and "***" in logged
