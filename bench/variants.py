@@ -26,7 +26,22 @@ VARIANTS = {
     "-both": "bench.variants:create_app('log', 'metrics')",
     # Server-side prepared statements (psycopg's default threshold), safe only straight to Postgres.
     "+prepared_statements": "bench.variants:create_app(prepared=True)",
+    # No client-side cut-off for a silent database: prices the watchdog's arm/disarm per request.
+    "-watchdog": "bench.variants:create_app(watchdog=False)",
 }
+
+
+class NoWatchdog:
+    """A watchdog that watches nothing (never cuts a connection)."""
+
+    def arm(self, conn: object, fileno: int, seconds: float) -> None:
+        pass
+
+    def disarm(self, conn: object) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
 
 
 class NullMetrics(Metrics):
@@ -36,13 +51,16 @@ class NullMetrics(Metrics):
         pass
 
 
-def create_app(*remove: str, prepared: bool = False) -> Flask:
-    """The service without the named layers ("log": LOG_LEVEL=warning, "metrics": NullMetrics), or with
-    server-side prepared statements (prepared=True)."""
+def create_app(*remove: str, prepared: bool = False, watchdog: bool = True) -> Flask:
+    """The service without the named layers ("log": LOG_LEVEL=warning, "metrics": NullMetrics), with
+    server-side prepared statements (prepared=True), or without the watchdog (watchdog=False)."""
     unknown = set(remove) - set(LAYERS)
     if unknown:
         raise ValueError(f"unknown layers {sorted(unknown)}; choose from {LAYERS}")
     config = dataclasses.replace(load_config(), db_prepared_statements=prepared)
     if "log" in remove:
         config = dataclasses.replace(config, log_level="warning")  # the request line is INFO
-    return create_service(config, metrics=NullMetrics() if "metrics" in remove else None)
+    app = create_service(config, metrics=NullMetrics() if "metrics" in remove else None)
+    if not watchdog:
+        app.extensions["webapp"]["database"].watchdog = NoWatchdog()
+    return app
