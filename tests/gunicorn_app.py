@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from flask import Flask
@@ -15,6 +16,8 @@ def create_app() -> Flask:
 
     @app.get("/test/sleep/<float:seconds>")
     def sleep(seconds: float) -> dict[str, float]:
+        # Tests wait for this line (instead of guessing with a sleep) to know the request is in a worker.
+        logging.getLogger("tests.gunicorn_app").info("test sleep started")
         time.sleep(seconds)  # a signal mid-sleep does not cut it short (PEP 475): the request finishes
         return {"slept": seconds}
 

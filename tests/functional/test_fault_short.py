@@ -2,7 +2,10 @@
 
 Real processes only: the suite's own Postgres (initdb + pg_ctl on its own port) and Redis,
 a fresh gunicorn with the production config per scenario, real signals, real load.
-Each test fails with the scenario's numbers and the clause it broke.
+Each test fails with the scenario's numbers and the clause it broke. One home per scenario: SIGHUP
+and SIGTERM under load are proven by test_gunicorn_lifecycle.py, 100 orders on stock 20 by
+tests/integration/test_concurrent_orders.py (and through PgBouncer and gunicorn by
+test_through_pgbouncer.py), the frozen link by test_database_link_frozen.py; `make fault` runs all.
 """
 
 from __future__ import annotations
@@ -29,16 +32,6 @@ def assert_kept(verdict: Verdict) -> None:
     assert verdict.passed, str(verdict)
 
 
-def test_sighup_under_load_fails_no_request(fault_env: FaultEnv) -> None:
-    assert_kept(scenarios.sighup_under_load(fault_env))
-
-
-def test_sigterm_under_load_answers_every_accepted_request_and_exits_0_in_the_window(
-    fault_env: FaultEnv,
-) -> None:
-    assert_kept(scenarios.sigterm_under_load(fault_env))
-
-
 def test_postgres_restart_gives_503_with_retry_after_within_deadline_recovers_and_keeps_every_201(
     fault_env: FaultEnv,
 ) -> None:
@@ -53,12 +46,6 @@ def test_killed_worker_is_respawned_without_5xx_and_metrics_still_sum_it(
     fault_env: FaultEnv,
 ) -> None:
     assert_kept(scenarios.worker_killed_under_load(fault_env))
-
-
-def test_100_concurrent_orders_for_stock_20_sell_exactly_20(
-    fault_env: FaultEnv,
-) -> None:
-    assert_kept(scenarios.concurrent_orders_never_oversell(fault_env))
 
 
 # The checks themselves must be able to fail: a 503 without Retry-After or JSON is not "retryable".
