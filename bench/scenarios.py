@@ -16,6 +16,7 @@ import psycopg
 from bench.faultenv import LOAD_PRODUCT, USERS, FaultEnv, Timing, Verdict, tally
 from bench.load import Load, Outcome, RequestSpec, count, fire_at_once
 from bench.servers import Gunicorn, http_get
+from tests.polling import wait_until
 from tests.tcp_relay import TcpRelay, relayed_url  # the relay tests/functional uses too
 
 USER_ROUTE = "/users/<id:user_id>"
@@ -405,13 +406,13 @@ def database_link_frozen_under_load(env: FaultEnv) -> Verdict:
         with service:
             workers, load = _under_load(service, t, mixed_writes, seconds=60, timeout=t.link_frozen + 10)
             probe = Load(service.port, readyz, threads=1, seconds=60, timeout=t.link_frozen + 10, pace=0.25).start()
-            _poll(lambda: count(probe.snapshot(), lambda o: o.status == 200) >= 2, 10)
+            wait_until(lambda: count(probe.snapshot(), lambda o: o.status == 200) >= 2, 10)
             freeze_at = time.monotonic()
             relay.freeze()
             time.sleep(t.link_frozen)  # the fault itself lasts this long
             thaw_at = time.monotonic()
             relay.thaw()
-            recovered = _poll(lambda: _succeeded_since(load, thaw_at) and _succeeded_since(probe, thaw_at), 15)
+            recovered = wait_until(lambda: _succeeded_since(load, thaw_at) and _succeeded_since(probe, thaw_at), 15)
             recovered_at = time.monotonic() if recovered else None
             time.sleep(t.after)
             outcomes, probes = load.stop(), probe.stop()
@@ -475,15 +476,6 @@ def _check_link_frozen(
     v.expect(sold[0] == sold[1], "stock sold equals the quantities in stored orders")
 
 
-def _poll(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def _succeeded_since(load: Load, since: float) -> bool:
     return any(o.started >= since and not failed(o) for o in load.snapshot())
 
@@ -517,7 +509,7 @@ def _idle_in_transaction(url: str, timeout: float = 3.0) -> int:
             return _scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                                  "AND application_name = 'webapp' AND state LIKE %s", "idle in transaction%")
 
-    _poll(lambda: idle() == 0, timeout)
+    wait_until(lambda: idle() == 0, timeout)
     return idle()
 
 

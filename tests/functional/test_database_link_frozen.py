@@ -22,6 +22,7 @@ import pytest
 from bench.load import Load, Outcome, RequestSpec
 from bench.servers import children
 from tests.gunicorn_server import GunicornServer, fresh_database, run_gunicorn
+from tests.polling import wait_until
 from tests.tcp_relay import TcpRelay, relayed_url, upstream_of
 
 pytestmark = pytest.mark.slow
@@ -115,15 +116,6 @@ def succeeded(o: Outcome) -> bool:
     return o.kind == "response" and o.status < 300
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def server_durations(server: GunicornServer) -> list[float]:
     """Seconds each request took inside a worker, from the request log (probes log at DEBUG: not here)."""
     return [line["duration_ms"] / 1000 for line in server.log_lines() if line.get("message") == "request"]
@@ -156,7 +148,7 @@ def frozen_run(server_url: str) -> Iterator[Run]:
         }
         try:
             # Before: every client has succeeded twice (the pools are warm, 201s are acknowledged).
-            assert wait_for(lambda: all(sum(map(succeeded, load.snapshot())) >= 2 for load in loads.values()), 10)
+            assert wait_until(lambda: all(sum(map(succeeded, load.snapshot())) >= 2 for load in loads.values()), 10)
             freeze_at = time.monotonic()
             relay.freeze()
             time.sleep(FREEZE_SECONDS)  # the fault itself lasts this long, whatever the service does
@@ -166,7 +158,7 @@ def frozen_run(server_url: str) -> Iterator[Run]:
             def recovered() -> bool:
                 return all(any(succeeded(o) and o.started >= thaw_at for o in x.snapshot()) for x in loads.values())
 
-            recovered_at = time.monotonic() if wait_for(recovered, RECOVERY_SECONDS) else None
+            recovered_at = time.monotonic() if wait_until(recovered, RECOVERY_SECONDS) else None
             if recovered_at is not None:
                 time.sleep(1.0)  # a second of steady traffic: the recovery must last
         finally:
@@ -225,7 +217,7 @@ def test_after_the_thaw_readyz_and_requests_recover_by_themselves_within_seconds
 
 
 def test_no_session_is_left_idle_in_transaction_on_the_server(frozen_run: Run) -> None:
-    assert wait_for(lambda: idle_in_transaction(frozen_run.database_url) == 0, 3.0)
+    assert wait_until(lambda: idle_in_transaction(frozen_run.database_url) == 0, 3.0)
 
 
 def test_every_201_acknowledged_before_the_freeze_is_stored_exactly_once(frozen_run: Run) -> None:

@@ -8,11 +8,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.gunicorn_server import SLOW_APP, LoadClient, app_connections, fresh_database, request, run_gunicorn
+from tests.polling import wait_until
 from webapp.lifecycle import refuse_new_connections
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def test_stop_under_load_answers_every_accepted_request_exits_0_and_closes_the_p
         assert app_connections(gunicorn_db) > 0  # the pools are open: closing them is observable
         slow: list[tuple[int, bytes]] = []
         with LoadClient(server.port, user_path, threads=4, max_seconds=10) as load:
-            _poll(lambda: load.result.ok >= 20, "the load never got going")
+            assert wait_until(lambda: load.result.ok >= 20), "the load never got going"
             slow_thread = _get_in_thread(server.port, "/test/sleep/1.0", slow)
             server.wait_for_messages("test sleep started", 1)  # the slow request is in a worker now
             server.send_signal(sig)
@@ -93,14 +94,6 @@ def test_requests_queued_in_the_listen_backlog_at_sigterm_are_all_answered(gunic
         assert server.messages("worker drained the backlog")[0]["served"] == 6
 
 
-def _poll(condition: Callable[[], bool], failure: str, timeout: float = 5.0) -> None:
-    """Wait until condition() holds (checked every 20 ms); fail with `failure` after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, failure
-        time.sleep(0.02)
-
-
 def _read_all(conn: socket.socket) -> bytes:
     chunks = []
     with conn:
@@ -114,7 +107,7 @@ def test_readiness_turns_503_at_sigterm_while_the_drain_keeps_serving(gunicorn_d
         assert server.get("/readyz")[0] == 200
         signalled = time.monotonic()
         server.send_signal(signal.SIGTERM)
-        _poll(lambda: server.get("/readyz")[0] == 503, "readiness never turned 503 after SIGTERM")
+        assert wait_until(lambda: server.get("/readyz")[0] == 503), "readiness never turned 503 after SIGTERM"
         status, _, body = server.get("/readyz")
         assert (status, json.loads(body)["status"]) == (503, "shutting_down")
         assert server.get("/livez")[0] == 200  # still serving: a load balancer has time to notice
@@ -126,12 +119,12 @@ def test_sighup_under_continuous_load_fails_no_request(gunicorn_db: str):
     with run_gunicorn(gunicorn_db, workers=2, env={"SHUTDOWN_DRAIN_SECONDS": "0.5"}) as server:
         first = {line["pid"] for line in server.messages("worker ready")}
         with LoadClient(server.port, "/livez", threads=4, max_seconds=4) as load:
-            _poll(lambda: load.result.ok >= 20, "the load never got going")
+            assert wait_until(lambda: load.result.ok >= 20), "the load never got going"
             server.send_signal(signal.SIGHUP)
             server.wait_for_messages("worker ready", 4)  # two new workers
             server.wait_for_messages("worker stopped", 2)  # two old ones gone
             served_by_old = load.result.ok
-            _poll(lambda: load.result.ok >= served_by_old + 20, "the new workers served nothing")
+            assert wait_until(lambda: load.result.ok >= served_by_old + 20), "the new workers served nothing"
         result = load.stop()
         assert server.process.poll() is None  # a reload, not a stop
 

@@ -6,7 +6,6 @@ import select
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import suppress
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.polling import wait_until
 from tests.tcp_relay import TcpRelay, relayed_url, upstream_of
 
 # Postgres answers this 8-byte SSLRequest with one byte, "S" or "N", before any authentication:
@@ -36,15 +36,6 @@ def assert_no_answer(sock: socket.socket, seconds: float = 0.3) -> None:
     sock.settimeout(seconds)
     with pytest.raises(TimeoutError):
         sock.recv(1)
-
-
-def wait_until(predicate: Any, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def backend_state(db: psycopg.Connection[Any], pid: int) -> str | None:
