@@ -13,7 +13,7 @@ from flask import Flask
 from bench.servers import BASELINE_APP, OURS_APP
 from webapp import create_app as create_service
 from webapp.config import load_config
-from webapp.observability import Metrics
+from webapp.metrics import Metrics
 
 LAYERS = ("log", "metrics")
 

@@ -19,7 +19,8 @@ from webapp.converters import IdConverter
 from webapp.db import Database, database_breaker
 from webapp.http import errors_to_http
 from webapp.json_provider import OrjsonProvider
-from webapp.observability import Metrics, configure_logging
+from webapp.metrics import Metrics
+from webapp.observability import configure_logging
 from webapp.repositories import IdempotencyRepository, OrderRepository, ProductRepository, UserRepository
 from webapp.services import OrderService, ProductService, UserService
 from webapp.services.health import HealthService

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
-from webapp.observability import Metrics
+from webapp.metrics import Metrics
 from webapp.resilience import Deadline
 
 Handler = Callable[[], Response]

@@ -18,7 +18,7 @@ def write_worker_metrics(metrics_dir: Path) -> int:
     """Run a 'worker' process that counts a request and sets the pool gauges; return its pid."""
     code = (
         "import os\n"
-        "from webapp.observability import Metrics\n"
+        "from webapp.metrics import Metrics\n"
         f"m = Metrics({str(metrics_dir)!r})\n"
         "m.watch_pool(lambda: {'size': 2, 'available': 2, 'waiting': 0})\n"
         "m.observe_request('GET', '/livez', 200, 0.01)\n"

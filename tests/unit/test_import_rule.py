@@ -14,7 +14,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "composition": ("webapp", "webapp.__main__", "webapp.devserver", "webapp.lifecycle", "webapp.gunicorn_settings",
                     "webapp.serving"),
     "edge": ("webapp.pipeline", "webapp.http", "webapp.blueprints", "webapp.json_provider", "webapp.converters",
-             "webapp.workers", "webapp.wire", "webapp.observability", "webapp.metrics_files"),
+             "webapp.workers", "webapp.wire", "webapp.observability", "webapp.metrics", "webapp.metrics_files"),
     "services": ("webapp.services",),
     "adapters": ("webapp.unit_of_work", "webapp.repositories", "webapp.cache", "webapp.db", "webapp.connections",
                  "webapp.watchdog", "webapp.migrate"),

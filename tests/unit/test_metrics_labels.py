@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webapp.observability import Metrics
+from webapp.metrics import Metrics
 
 
 def sample(metrics: Metrics, method: str, path: str, status: str) -> float | None:

@@ -10,7 +10,7 @@ import time
 from flask import Blueprint, Response, abort, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
-from webapp.observability import Metrics
+from webapp.metrics import Metrics
 
 log = logging.getLogger("webapp.metrics")
 
