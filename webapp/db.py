@@ -160,9 +160,13 @@ class Transaction:
         self.deadline = deadline
         self.read_only = read_only
         self._conn: psycopg.Connection[Any] | None = None
+        self._committed = False
 
     def execute(self, query: LiteralString, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         """Run one statement in this transaction; psycopg errors come out as domain errors where they have one."""
+        if self._committed:
+            # Our connections are autocommit outside BEGIN: a statement now would silently run on its own.
+            raise RuntimeError("statement after commit(): open a new transaction for more work")
         if self._conn is None:
             self._conn = self.database.checkout(self.deadline, self.read_only)
         try:
@@ -176,6 +180,7 @@ class Transaction:
     def commit(self) -> None:
         """COMMIT, or raise: CommitFailed, or Unavailable when the connection died under it."""
         conn = self._conn
+        self._committed = True
         if conn is None:
             return  # nothing was run: nothing to commit
         # Trap: after a failed statement Postgres answers COMMIT with ROLLBACK and no error.

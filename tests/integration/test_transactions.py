@@ -379,3 +379,12 @@ def test_a_trial_that_cannot_get_a_connection_keeps_the_breaker_open_while_a_bus
         assert breaker.state == OPEN
     finally:
         unreachable.close(timeout=1)
+
+
+def test_a_statement_after_commit_is_refused_instead_of_running_outside_the_transaction(database: Database, db):
+    with database.transaction(Deadline(5)) as tx:
+        tx.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
+        tx.commit()
+        with pytest.raises(RuntimeError, match="after commit"):
+            tx.execute("INSERT INTO users (name, email) VALUES ('Bob', 'bob@example.org')")
+    assert db.execute("SELECT count(*) FROM users").fetchone() == (1,)
