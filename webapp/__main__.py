@@ -138,14 +138,10 @@ def _purge_idempotency_keys(database_url: str, retention_hours: int) -> int:
     from webapp.repositories import IdempotencyRepository
     from webapp.resilience import Deadline
 
-    database = Database(database_url, min_size=0, max_size=1, timeout=10)
-    database.open()
-    try:
-        with database.transaction(Deadline(60)) as tx:
-            deleted = IdempotencyRepository(lambda: tx).delete_expired(retention_hours)
-            tx.commit()
-    finally:
-        database.close()
+    with Database(database_url, min_size=0, max_size=1, timeout=10) as database, \
+            database.transaction(Deadline(60)) as tx:
+        deleted = IdempotencyRepository(lambda: tx).delete_expired(retention_hours)
+        tx.commit()
     log.info("expired idempotency keys deleted", extra={"deleted": deleted, "retention_hours": retention_hours})
     return 0
 

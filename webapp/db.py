@@ -68,6 +68,14 @@ class Database:
         self.pool.close(timeout=timeout)
         self.watchdog.close()
 
+    def __enter__(self) -> Database:
+        """`with Database(...) as database:` opens it, and closes it at the end (the CLI, tests)."""
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def stats(self) -> dict[str, int]:
         """Pool size, idle connections and waiting requests, for the metrics gauges."""
         stats = self.pool.get_stats()
@@ -107,12 +115,11 @@ class Database:
         except CircuitOpen as exc:
             raise Unavailable("database unavailable (a connection just failed or went silent); retry shortly") from exc
         except psycopg.OperationalError as exc:
-            cause = exc
-            if isinstance(cause, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
-                raise Unavailable("no database connection available (pool busy or database unreachable)") from cause
+            if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
+                raise Unavailable("no database connection available (pool busy or database unreachable)") from exc
             if deadline.expired():  # the server stayed silent until the watchdog cut it off
-                raise DeadlineExceeded("the database did not answer within the request's deadline") from cause
-            raise Unavailable("database connection failed") from cause
+                raise DeadlineExceeded("the database did not answer within the request's deadline") from exc
+            raise Unavailable("database connection failed") from exc
 
     def _checkout_with_retry(self, deadline: Deadline, read_only: bool) -> psycopg.Connection[Any]:
         # Retrying is safe only here: BEGIN is the first statement, so no work was done yet.

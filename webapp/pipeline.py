@@ -29,7 +29,7 @@ Middleware = Callable[[Handler], Handler]
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client may ask for a shorter budget than REQUEST_TIMEOUT (never a longer one).
 TIMEOUT_HEADER = "X-Request-Timeout"
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Probes run every few seconds; their lines go to DEBUG so they do not drown the rest.
 QUIET_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
@@ -66,7 +66,7 @@ def request_id() -> Middleware:
     def step(next_handler: Handler) -> Handler:
         def handler() -> Response:
             incoming = request.headers.get(REQUEST_ID_HEADER)
-            g.request_id = incoming if incoming and _SANE_REQUEST_ID.match(incoming) else new_id()
+            g.request_id = incoming if incoming and SANE_REQUEST_ID.match(incoming) else new_id()
             response = next_handler()
             response.headers[REQUEST_ID_HEADER] = g.request_id
             return response

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import socket
 import time
 from http import HTTPStatus
@@ -29,8 +28,11 @@ from typing import Any
 from gunicorn.http import errors as gunicorn_errors
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, RequestTimeout
 
-REQUEST_ID_HEADER = "X-REQUEST-ID"  # as gunicorn's parser spells header names
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # the rule webapp.http applies to X-Request-ID
+from webapp.http import HTTP_CODES as APP_HTTP_CODES
+from webapp.pipeline import REQUEST_ID_HEADER as APP_REQUEST_ID_HEADER
+from webapp.pipeline import SANE_REQUEST_ID
+
+REQUEST_ID_HEADER = APP_REQUEST_ID_HEADER.upper()  # as gunicorn's parser spells header names
 
 
 class ClientReadTimeout(RequestTimeout):
@@ -156,7 +158,8 @@ _GUNICORN_ANSWERS: tuple[tuple[type[Exception], int, str, str], ...] = (
     (gunicorn_errors.InvalidChunkExtension, 400, "bad_request", "malformed chunked body: bad chunk extension"),
     (gunicorn_errors.ParseException, 400, "bad_request", "malformed request"),  # every other parse error
 )
-HTTP_CODES = {400: "bad_request", 408: "request_timeout", 413: "payload_too_large"}
+# The app's names for HTTP statuses, and the one only the worker answers: a request that never arrived.
+HTTP_CODES = {**APP_HTTP_CODES, 408: "request_timeout"}
 
 
 def answer_for(exc: BaseException) -> tuple[int, str, str] | None:
@@ -172,7 +175,7 @@ def answer_for(exc: BaseException) -> tuple[int, str, str] | None:
 def request_id(req: Any) -> str:
     """The client's X-Request-ID if sane (as the app would keep it), else a new one."""
     for name, value in getattr(req, "headers", None) or ():
-        if name == REQUEST_ID_HEADER and _SANE_REQUEST_ID.match(value):
+        if name == REQUEST_ID_HEADER and SANE_REQUEST_ID.match(value):
             return str(value)
     return os.urandom(11).hex()  # the app's ids are 22 hex characters too; these need only be unique
 

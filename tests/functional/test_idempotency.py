@@ -19,10 +19,14 @@ from webapp import create_app
 KEY = "order-2026-0001"
 
 
+def app_for_concurrent_requests(database_url: str) -> Flask:
+    """The real app, its queue for connections long enough that 50 concurrent requests all get one."""
+    return create_app(make_config(database_url, DB_POOL_MAX="10", DB_POOL_MAX_WAITING="100", DB_POOL_TIMEOUT="10"))
+
+
 @pytest.fixture
 def app(database_url: str, db) -> Iterator[Flask]:
-    """The real app; its queue for connections is long enough that 50 concurrent requests all get one."""
-    app = create_app(make_config(database_url, DB_POOL_MAX="10", DB_POOL_MAX_WAITING="100", DB_POOL_TIMEOUT="10"))
+    app = app_for_concurrent_requests(database_url)
     yield app
     close_app(app)
 

@@ -35,6 +35,7 @@ from tests.functional.test_api import (  # noqa: F401  (imported to be collected
     test_users_list_with_keyset_pagination,
 )
 from tests.functional.test_idempotency import (  # noqa: F401
+    app_for_concurrent_requests,
     shop,
     test_fifty_concurrent_requests_with_one_key_place_exactly_one_order,
     test_while_the_first_request_is_in_flight_the_others_get_409_then_replays,
@@ -49,8 +50,8 @@ DEADLINE_MARGIN = 0.5
 
 @pytest.fixture
 def app(pgbouncer_url: str, db) -> Iterator[Flask]:
-    """The real app through PgBouncer; a queue long enough for the 50-way concurrent tests."""
-    app = create_app(make_config(pgbouncer_url, DB_POOL_MAX="10", DB_POOL_MAX_WAITING="100", DB_POOL_TIMEOUT="10"))
+    """The real app through PgBouncer, as the idempotency tests build it."""
+    app = app_for_concurrent_requests(pgbouncer_url)
     yield app
     close_app(app)
 

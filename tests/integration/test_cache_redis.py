@@ -191,10 +191,8 @@ def test_cache_from_config_puts_redis_behind_a_breaker_that_only_silence_opens(s
 
 @pytest.fixture
 def database(database_url: str, db) -> Iterator[Database]:
-    database = Database(database_url, min_size=0, max_size=1, timeout=2)
-    database.open()
-    yield database
-    database.close()
+    with Database(database_url, min_size=0, max_size=1, timeout=2) as database:
+        yield database
 
 
 def count_users(db) -> int:

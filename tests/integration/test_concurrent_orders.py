@@ -39,14 +39,10 @@ def test_one_hundred_concurrent_orders_against_stock_twenty_sell_exactly_twenty(
     product = db.execute(
         "INSERT INTO products (sku, name, price_cents, stock) VALUES ('P', 'P', 100, 20) RETURNING id"
     ).fetchone()[0]
-    database = Database(database_url, min_size=0, max_size=20, timeout=20, max_waiting=200)
-    database.open()
-    try:
+    with Database(database_url, min_size=0, max_size=20, timeout=20, max_waiting=200) as database:
         service = order_service(database)
         with ThreadPoolExecutor(max_workers=100) as pool:
             outcomes = list(pool.map(lambda _: place_one(service, user_id, [product]), range(100)))
-    finally:
-        database.close()
     assert outcomes.count("201") == 20
     assert outcomes.count("409") == 80
     assert db.execute("SELECT stock FROM products WHERE id = %s", (product,)).fetchone() == (0,)
@@ -61,14 +57,10 @@ def test_orders_locking_the_same_products_in_opposite_request_order_never_deadlo
                    (sku,)).fetchone()[0]
         for sku in ("P1", "P2", "P3")
     ]
-    database = Database(database_url, min_size=0, max_size=10, timeout=20, max_waiting=200)
-    database.open()
-    try:
+    with Database(database_url, min_size=0, max_size=10, timeout=20, max_waiting=200) as database:
         service = order_service(database)
         with ThreadPoolExecutor(max_workers=20) as pool:
             orders = [ids if i % 2 else list(reversed(ids)) for i in range(60)]
             outcomes = list(pool.map(lambda p: place_one(service, user_id, p), orders))
-    finally:
-        database.close()
     assert outcomes == ["201"] * 60  # a deadlock would surface as TransientDatabaseError here
     assert db.execute("SELECT sum(stock) FROM products").fetchone() == (3000 - 180,)

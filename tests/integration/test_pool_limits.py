@@ -23,11 +23,10 @@ MARGIN = 0.3  # thread start-up and scheduling on a busy 2-core machine
 
 @pytest.fixture
 def database(database_url: str, db) -> Iterator[Database]:
-    database = Database(database_url, min_size=2, max_size=2, timeout=CHECKOUT_TIMEOUT, max_waiting=1, name=POOL_NAME)
-    database.open()
-    database.pool.wait(timeout=5)
-    yield database
-    database.close()
+    with Database(database_url, min_size=2, max_size=2, timeout=CHECKOUT_TIMEOUT, max_waiting=1,
+                  name=POOL_NAME) as database:
+        database.pool.wait(timeout=5)
+        yield database
 
 
 @pytest.fixture

@@ -16,10 +16,8 @@ from webapp.resilience import Deadline
 
 @pytest.fixture
 def database(database_url: str, db) -> Iterator[Database]:
-    database = Database(database_url, min_size=1, max_size=2, timeout=2)
-    database.open()
-    yield database
-    database.close()
+    with Database(database_url, min_size=1, max_size=2, timeout=2) as database:
+        yield database
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any, LiteralString
 import psycopg
 import pytest
 
+from tests.polling import wait_until
 from webapp.db import Database, Transaction, database_breaker
 from webapp.errors import CommitFailed, DeadlineExceeded, Unavailable
 from webapp.resilience import CLOSED, HALF_OPEN, OPEN, Deadline
@@ -25,23 +26,19 @@ INSERT_ANN = "INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')"
 
 @pytest.fixture
 def database(database_url: str, db) -> Iterator[Database]:
-    database = Database(database_url, min_size=1, max_size=2, timeout=2)
-    database.open()
-    # Until its first connection is up, a checkout makes the pool grow a second one in the
-    # background, and a test counting idle connections would race it.
-    database.pool.wait(timeout=5)
-    yield database
-    database.close()
+    with Database(database_url, min_size=1, max_size=2, timeout=2) as database:
+        # Until its first connection is up, a checkout makes the pool grow a second one in the
+        # background, and a test counting idle connections would race it.
+        database.pool.wait(timeout=5)
+        yield database
 
 
 @pytest.fixture
 def one_connection(database_url: str, db) -> Iterator[Database]:
     """A pool of exactly one connection: every transaction runs on the same server session."""
-    database = Database(database_url, min_size=1, max_size=1, timeout=2)
-    database.open()
-    database.pool.wait(timeout=5)
-    yield database
-    database.close()
+    with Database(database_url, min_size=1, max_size=1, timeout=2) as database:
+        database.pool.wait(timeout=5)
+        yield database
 
 
 def one_row(tx: Transaction, query: LiteralString) -> tuple[Any, ...]:
@@ -140,15 +137,13 @@ def test_the_pool_never_prepares_statements_on_the_server_by_default(one_connect
 
 
 def test_prepared_statements_can_be_turned_on_where_there_is_no_pooler(database_url: str, db):
-    database = Database(database_url, min_size=1, max_size=1, timeout=2, prepared_statements=True)
-    database.open()
-    try:
-        with database.transaction(Deadline(5), read_only=True) as tx:
-            for _ in range(10):
-                tx.execute("SELECT %s::int + 1", (1,))
-            prepared = tx.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
-    finally:
-        database.close()
+    with (
+        Database(database_url, min_size=1, max_size=1, timeout=2, prepared_statements=True) as database,
+        database.transaction(Deadline(5), read_only=True) as tx,
+    ):
+        for _ in range(10):
+            tx.execute("SELECT %s::int + 1", (1,))
+        prepared = tx.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
     assert prepared is not None and prepared[0] >= 1  # the test above can fail: psycopg does prepare
 
 
@@ -300,10 +295,7 @@ def cut_off(database: Database, where: str) -> tuple[int, float]:
 
 
 def wait_until_gone(db: psycopg.Connection, pid: int) -> None:
-    deadline = time.monotonic() + 5
-    while pid in {p for p, _ in app_sessions(db)}:
-        assert time.monotonic() < deadline, f"backend {pid} still connected"
-        time.sleep(0.02)
+    assert wait_until(lambda: pid not in {p for p, _ in app_sessions(db)}), f"backend {pid} still connected"
 
 
 @pytest.mark.parametrize("where", WHERE)

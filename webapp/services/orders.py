@@ -58,9 +58,10 @@ class OrderService:
         self, user_id: int, lines: Sequence[OrderLine], *, idempotency_key: str | None = None
     ) -> PlacedOrder:
         """Place the order, retrying the *whole transaction* on serialization failures and deadlocks."""
+        request_hash = fingerprint(user_id, lines) if idempotency_key is not None else ""
         try:
             return retry_with_backoff(
-                lambda: self._place_once(user_id, lines, idempotency_key),
+                lambda: self._place_once(user_id, lines, idempotency_key, request_hash),
                 attempts=self._attempts,
                 base=0.02,
                 max_delay=0.25,
@@ -79,11 +80,13 @@ class OrderService:
             raise NotFound(f"order {order_id} not found")
         return order
 
-    def _place_once(self, user_id: int, lines: Sequence[OrderLine], key: str | None) -> PlacedOrder:
+    def _place_once(
+        self, user_id: int, lines: Sequence[OrderLine], key: str | None, request_hash: str
+    ) -> PlacedOrder:
         # One attempt, one transaction: any exception leaves the `with` and rolls all of it back.
         with self._uow.begin() as tx:
             if key is not None:
-                replay = self._replay(user_id, key, fingerprint(user_id, lines))
+                replay = self._replay(user_id, key, request_hash)
                 if replay is not None:
                     return replay
             if not self._users.exists(user_id):
@@ -98,7 +101,7 @@ class OrderService:
             order = self._orders.add(user_id, items)
             if key is not None:
                 # Same transaction as the order: the key is stored if and only if the order is.
-                self._keys.save(user_id, key, fingerprint(user_id, lines), order.id)
+                self._keys.save(user_id, key, request_hash, order.id)
             tx.commit()
         return PlacedOrder(order, replayed=False)
 
