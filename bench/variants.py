@@ -24,8 +24,8 @@ VARIANTS = {
     "-log_line": "bench.variants:create_app('log')",
     "-metrics": "bench.variants:create_app('metrics')",
     "-both": "bench.variants:create_app('log', 'metrics')",
-    # Server-side prepared statements (psycopg's default threshold), safe only straight to Postgres.
-    "+prepared_statements": "bench.variants:create_app(prepared=True)",
+    # No server-side prepared statements, as through a transaction pooler (auto turns them on here).
+    "-prepared_statements": "bench.variants:create_app(prepared=False)",
     # No client-side cut-off for a silent database: prices the watchdog's arm/disarm per request.
     "-watchdog": "bench.variants:create_app(watchdog=False)",
 }
@@ -51,9 +51,10 @@ class NullMetrics(Metrics):
         pass
 
 
-def create_app(*remove: str, prepared: bool = False, watchdog: bool = True) -> Flask:
+def create_app(*remove: str, prepared: bool | None = None, watchdog: bool = True) -> Flask:
     """The service without the named layers ("log": LOG_LEVEL=warning, "metrics": NullMetrics), with
-    server-side prepared statements (prepared=True), or without the watchdog (watchdog=False)."""
+    server-side prepared statements forced on or off (prepared=True/False; None: auto, as deployed),
+    or without the watchdog (watchdog=False)."""
     unknown = set(remove) - set(LAYERS)
     if unknown:
         raise ValueError(f"unknown layers {sorted(unknown)}; choose from {LAYERS}")

@@ -49,7 +49,8 @@ class Config:
     db_pool_max: int = 2
     db_pool_timeout: float = 2.0
     db_pool_max_waiting: int = 32
-    db_prepared_statements: bool = False  # only straight to Postgres, never through PgBouncer < 1.21
+    # None: on for a connection that reaches Postgres directly, off through a pooler (auto-detected).
+    db_prepared_statements: bool | None = None
     db_breaker_reset_after: float = 1.0
     redis_url: str | None = None
     cache_ttl: int = 300
@@ -165,11 +166,24 @@ def _redis_url(value: str | None) -> str | None:
     return value
 
 
+def _auto_bool(value: str) -> bool | None:
+    """"auto" (None: the code decides), or a boolean in environs' spellings (true/false, 1/0, yes/no, on/off)."""
+    word = value.strip().lower()
+    if word == "auto":
+        return None
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise environs.EnvError("must be auto, true or false")
+
+
 def load_config(environ: Mapping[str, str] | None = None) -> Config:
     """Build a Config from environ (default os.environ), or raise ConfigError naming every problem."""
     env = MappingEnv(os.environ if environ is None else environ)
     env.add_parser("database_url", _database_url)
     env.add_parser("redis_url", _redis_url)
+    env.add_parser("auto_bool", _auto_bool)
     positive = Range(min=0, min_inclusive=False)
     values: dict[str, Any] = dict(
         database_url=env.database_url("DATABASE_URL"),
@@ -181,7 +195,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         db_pool_max=env.int("DB_POOL_MAX", 2, validate=Range(1, 1000)),
         db_pool_timeout=env.float("DB_POOL_TIMEOUT", 2.0, validate=positive),
         db_pool_max_waiting=env.int("DB_POOL_MAX_WAITING", 32, validate=Range(1, 10_000)),
-        db_prepared_statements=env.bool("DB_PREPARED_STATEMENTS", False),
+        db_prepared_statements=env.auto_bool("DB_PREPARED_STATEMENTS", "auto"),
         db_breaker_reset_after=env.float("DB_BREAKER_RESET_AFTER", 1.0, validate=Range(0, 60)),
         redis_url=env.redis_url("REDIS_URL", None),
         cache_ttl=env.int("CACHE_TTL", 300, validate=Range(1, 86_400)),

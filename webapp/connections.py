@@ -13,8 +13,12 @@ from webapp.errors import DeadlineExceeded, TransientDatabaseError, Unavailable
 from webapp.resilience import Deadline
 
 
-def connection_kwargs(name: str, prepared_statements: bool) -> dict[str, Any]:
-    """libpq/psycopg settings for every pooled connection: client-only, nothing the server keeps."""
+def connection_kwargs(name: str, prepared_statements: bool | None) -> dict[str, Any]:
+    """libpq/psycopg settings for every pooled connection: client-only, nothing the server keeps.
+
+    prepared_statements: True or False as the operator says; None (auto) starts without and
+    lets prepare_when_direct turn them on for a connection that provably reaches Postgres itself.
+    """
     return {
         # We send BEGIN ourselves, with the deadline in it (begin_statement).
         "autocommit": True,
@@ -30,8 +34,38 @@ def connection_kwargs(name: str, prepared_statements: bool) -> dict[str, Any]:
         # Server-side prepared statements live in the server session: through PgBouncer < 1.21 in
         # transaction mode the next statement may land on another server connection ("prepared
         # statement _pg3_0 does not exist", or worse, another statement's result). None = never.
-        "prepare_threshold": 5 if prepared_statements else None,
+        "prepare_threshold": PREPARE_THRESHOLD if prepared_statements else None,
     }
+
+
+# psycopg's default: a statement run this many times on a connection is prepared on the server.
+PREPARE_THRESHOLD = 5
+
+
+def is_pooled(conn: psycopg.Connection[Any]) -> bool:
+    """True when conn reaches Postgres through a pooler (PgBouncer, PgCat, Supavisor, RDS Proxy...).
+
+    At connect, libpq is told a backend process id (BackendKeyData, for cancel requests). Postgres
+    sends its own; a pooler cannot, since the client's statements run on whichever server
+    connection is free, so it sends one it made up (PgBouncer: a random cancel key). Asking the
+    server which process runs this statement tells the two apart: direct, the ids are the same.
+    One round trip per new connection, in the pool's background thread, never in a request.
+    """
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    return row is None or row[0] != conn.info.backend_pid
+
+
+def prepare_when_direct(conn: psycopg.Connection[Any]) -> bool:
+    """Turn on server-side prepared statements for conn when nothing pools it; return whether it did.
+
+    Through a transaction-mode pooler a prepared statement lives on one server connection and the
+    next statement may run on another, so the safe side is the default: only a connection proven
+    direct prepares. Measured straight to Postgres: bench/README.md ("prepared statements").
+    """
+    if is_pooled(conn):
+        return False
+    conn.prepare_threshold = PREPARE_THRESHOLD
+    return True
 
 
 def begin_statement(deadline: Deadline, read_only: bool) -> bytes:

@@ -2,8 +2,9 @@
 
 Everything here is safe behind a transaction-mode pooler (PgBouncer): nothing outlives a
 transaction on the server. No session SET (the deadline travels with each BEGIN as SET LOCAL),
-no server-side prepared statements unless DB_PREPARED_STATEMENTS says there is no pooler,
-transaction-scoped advisory locks only. docs/operations.md, "Behind a pooler", says why.
+server-side prepared statements only on a connection proven to reach Postgres directly
+(connections.prepare_when_direct; DB_PREPARED_STATEMENTS overrides), transaction-scoped advisory
+locks only. docs/operations.md, "Behind a pooler", says why.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ import psycopg
 import psycopg_pool
 from psycopg.pq import TransactionStatus
 
-from webapp.connections import begin_statement, connection_kwargs, domain_error, is_broken_connection, run_command
+from webapp.connections import (
+    begin_statement,
+    connection_kwargs,
+    domain_error,
+    is_broken_connection,
+    prepare_when_direct,
+    run_command,
+)
 from webapp.errors import CommitFailed, DeadlineExceeded, Unavailable
 from webapp.resilience import HALF_OPEN, CircuitBreaker, CircuitOpen, Deadline, RetryError, retry_with_backoff
 from webapp.watchdog import Watchdog
@@ -36,7 +44,7 @@ class Database:
         max_size: int = 2,
         timeout: float = 2.0,
         max_waiting: int = 32,
-        prepared_statements: bool = False,
+        prepared_statements: bool | None = None,
         breaker: CircuitBreaker | None = None,
         trial_timeout: float = 1.0,
         name: str = "webapp",
@@ -57,7 +65,18 @@ class Database:
             open=False,
             name=name,
             kwargs=connection_kwargs(name, prepared_statements),
+            # None (auto): each new connection checks whether a pooler sits in between.
+            configure=self._prepare_when_direct if prepared_statements is None else None,
         )
+        self.direct: bool | None = None  # what the last new connection found (auto only), for the log
+
+    def _prepare_when_direct(self, conn: psycopg.Connection[Any]) -> None:
+        direct = prepare_when_direct(conn)
+        if direct != self.direct:  # once per worker, and again if the path to Postgres changes
+            self.direct = direct
+            log.info("database connections go %s", "straight to Postgres: server-side prepared statements on"
+                     if direct else "through a pooler: no server-side prepared statements",
+                     extra={"prepared_statements": direct})
 
     def open(self) -> None:
         """Start connecting in the background without waiting (a worker boots while Postgres is down)."""

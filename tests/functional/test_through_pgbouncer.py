@@ -146,7 +146,10 @@ def test_after_the_apps_traffic_another_client_of_the_pool_sees_default_settings
     assert server_settings(pgbouncer_url, "statement_timeout", tries=12) == ["0"] * 12
     assert server_settings(pgbouncer_url, "idle_in_transaction_session_timeout", tries=6) == ["0"] * 6
     logs = gunicorn.log_text() + gunicorn.stderr_text() + pgbouncer.log_text()
-    assert "prepared statement" not in logs
+    assert "_pg3_" not in logs and "DuplicatePreparedStatement" not in logs  # psycopg's statement names
+    # DB_PREPARED_STATEMENTS=auto saw the pooler: each worker said so once.
+    pooled = [line for line in gunicorn.log_lines() if line.get("prepared_statements") is False]
+    assert pooled and all("through a pooler" in line["message"] for line in pooled)
     assert not [line for line in gunicorn.log_lines() if line.get("level") in ("ERROR", "CRITICAL")]
 
 

@@ -124,27 +124,32 @@ def test_no_session_state_outlives_a_transaction_on_its_pooled_connection(one_co
     assert set_in_session == []  # nothing SET for the session at all
 
 
-def test_the_pool_never_prepares_statements_on_the_server_by_default(one_connection: Database):
+def prepared_on_the_server(database: Database) -> int:
+    """Run one statement 10 times in a transaction, then count the server's prepared statements."""
+    with database.transaction(Deadline(5), read_only=True) as tx:
+        for _ in range(10):  # psycopg prepares after 5 runs when its threshold is on
+            tx.execute("SELECT %s::int + 1", (1,))
+        row = tx.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_connection_straight_to_postgres_prepares_statements_by_default(database_url: str, db):
+    # DB_PREPARED_STATEMENTS=auto: this connection's server process is the one libpq was told of.
+    with Database(database_url, min_size=1, max_size=1, timeout=2) as database:
+        database.pool.wait(timeout=5)
+        assert database.direct is True
+        assert prepared_on_the_server(database) >= 1
+
+
+def test_prepared_statements_turned_off_never_prepare_on_the_server(database_url: str, db):
     # A prepared statement lives in the server session: through PgBouncer < 1.21 in transaction
     # mode the next execution may land on a session that never saw it.
-    with one_connection.transaction(Deadline(5), read_only=True) as tx:
-        for _ in range(10):  # psycopg would prepare after 5 runs with its default threshold
-            tx.execute("SELECT %s::int + 1", (1,))
-        prepared = tx.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
-    with one_connection.pool.connection(timeout=2) as conn:
-        assert conn.prepare_threshold is None
-    assert prepared == (0,)
-
-
-def test_prepared_statements_can_be_turned_on_where_there_is_no_pooler(database_url: str, db):
-    with (
-        Database(database_url, min_size=1, max_size=1, timeout=2, prepared_statements=True) as database,
-        database.transaction(Deadline(5), read_only=True) as tx,
-    ):
-        for _ in range(10):
-            tx.execute("SELECT %s::int + 1", (1,))
-        prepared = tx.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
-    assert prepared is not None and prepared[0] >= 1  # the test above can fail: psycopg does prepare
+    with Database(database_url, min_size=1, max_size=1, timeout=2, prepared_statements=False) as database:
+        assert prepared_on_the_server(database) == 0
+        with database.pool.connection(timeout=2) as conn:
+            assert conn.prepare_threshold is None
+        assert database.direct is None  # no detection was asked for
 
 
 def test_a_statement_past_the_deadline_is_cancelled_and_the_connection_comes_back_clean(database: Database, db):
