@@ -10,8 +10,7 @@ locks only. docs/operations.md, "Behind a pooler", says why.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, LiteralString
 
 import psycopg
@@ -109,18 +108,13 @@ class Database:
         with self.transaction(Deadline(timeout), read_only=True) as tx:
             tx.execute("SELECT 1")
 
-    @contextmanager
-    def transaction(self, deadline: Deadline, *, read_only: bool = False) -> Iterator[Transaction]:
+    def transaction(self, deadline: Deadline, *, read_only: bool = False) -> Transaction:
         """`with db.transaction(deadline) as tx:` ... `tx.commit()`; leaving without commit() rolls back.
 
         The connection is taken on the first statement, so a block that never needs the
         database (a cache hit) never takes one; it always goes back to the pool at the end.
         """
-        tx = Transaction(self, deadline, read_only)
-        try:
-            yield tx
-        finally:
-            tx.close()
+        return Transaction(self, deadline, read_only)
 
     def checkout(self, deadline: Deadline, read_only: bool) -> psycopg.Connection[Any]:
         """A connection inside BEGIN, with the deadline's time left as its statement_timeout.
@@ -179,7 +173,10 @@ class Database:
 
 
 class Transaction:
-    """One transaction, begun on its first statement; what repositories run their SQL through."""
+    """One transaction, begun on its first statement; what repositories run their SQL through.
+
+    A context manager: the end of the `with` block is close(), which rolls back what was not committed.
+    """
 
     def __init__(self, database: Database, deadline: Deadline, read_only: bool):
         self.database = database
@@ -187,6 +184,12 @@ class Transaction:
         self.read_only = read_only
         self._conn: psycopg.Connection[Any] | None = None
         self._committed = False
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def execute(self, query: LiteralString, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         """Run one statement in this transaction; psycopg errors come out as domain errors where they have one."""

@@ -66,9 +66,9 @@ def request_id() -> Middleware:
     def step(next_handler: Handler) -> Handler:
         def handler() -> Response:
             incoming = request.headers.get(REQUEST_ID_HEADER)
-            g.request_id = incoming if incoming and SANE_REQUEST_ID.match(incoming) else new_id()
+            g.request_id = rid = incoming if incoming and SANE_REQUEST_ID.match(incoming) else new_id()
             response = next_handler()
-            response.headers[REQUEST_ID_HEADER] = g.request_id
+            response.headers[REQUEST_ID_HEADER] = rid
             return response
 
         return handler
@@ -112,8 +112,8 @@ def body_limits(max_body_bytes: int) -> Middleware:
             if (request.content_length or 0) > max_body_bytes:
                 raise RequestEntityTooLarge(f"request body exceeds {max_body_bytes} bytes")
             # Unrouted requests keep their 404/405: a wrong path is not a wrong content type.
-            routed = request.url_rule is not None
-            if request.method in _BODY_METHODS and routed and request.mimetype != "application/json":
+            if (request.method in _BODY_METHODS and request.url_rule is not None
+                    and request.mimetype != "application/json"):
                 raise UnsupportedMediaType("send the body as application/json")
             return next_handler()
 
@@ -125,13 +125,15 @@ def body_limits(max_body_bytes: int) -> Middleware:
 def record_request(status: int, seconds: float, metrics: Metrics | None, logger: logging.Logger, *,
                    quiet_probes: bool = True) -> None:
     """Count and log the current request as finished with `status` (also used for a worker timeout)."""
-    rule = request.url_rule.rule if request.url_rule else "<unmatched>"  # a bounded label set
+    # `request` is a proxy that looks the request up on every access: each field is read once.
+    url_rule, method, path = request.url_rule, request.method, request.path
+    rule = url_rule.rule if url_rule else "<unmatched>"  # a bounded label set
     if metrics is not None:
-        metrics.observe_request(request.method, rule, status, seconds)
-    logger.log(_level(status, quiet_probes and request.path in QUIET_PATHS), "request", extra={
-        "method": request.method,
+        metrics.observe_request(method, rule, status, seconds)
+    logger.log(_level(status, quiet_probes and path in QUIET_PATHS), "request", extra={
+        "method": method,
         "path": rule,
-        "raw_path": request.path,  # never the query string: it may carry tokens
+        "raw_path": path,  # never the query string: it may carry tokens
         "status": status,
         "duration_ms": round(seconds * 1000, 2),
         "request_id": g.get("request_id", ""),
