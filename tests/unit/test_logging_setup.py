@@ -72,3 +72,18 @@ def test_a_bare_gunicorn_is_warned_about_once_and_ours_is_not(caplog):
         warn_if_served_without_settings({})  # not gunicorn: the Flask CLI, a test, `webapp migrate`
     [record] = caplog.records
     assert "python:webapp.gunicorn_settings" in record.getMessage()
+
+
+def test_a_json_line_has_the_fixed_fields_first_then_the_extras_and_the_traceback(root_logging):
+    stream = io.StringIO()
+    configure_logging("info", stream, log_format="json")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("webapp.x").error("failed %s", "twice", exc_info=True, extra={"order_id": 7})
+    line = json.loads(stream.getvalue())
+    assert list(line)[:5] == ["time", "level", "logger", "pid", "message"]
+    assert (line["level"], line["logger"], line["message"], line["order_id"]) == ("ERROR", "webapp.x", "failed twice", 7)
+    assert line["time"].endswith("Z") and len(line["time"]) == len("2026-12-02T13:42:02.199Z")  # UTC, milliseconds
+    assert "ValueError: boom" in line["exc_info"]
+    assert not {"args", "msg", "levelno", "pathname", "thread", "asctime"} & set(line)  # the record's own fields stay out
