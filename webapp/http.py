@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Response, g, jsonify
+from flask import Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from webapp.errors import (
@@ -25,7 +25,7 @@ from webapp.errors import (
     Unavailable,
     ValidationFailed,
 )
-from webapp.pipeline import Handler
+from webapp.pipeline import Handler, current_request_id
 from webapp.resilience import CircuitOpen
 
 log = logging.getLogger("webapp.http")
@@ -87,7 +87,7 @@ def error_for(exc: Exception) -> Response:
 
 def error_response(status: int, code: str, message: str, fields: dict[str, str] | None = None) -> Response:
     """Build the single error shape: {"error": {"code", "message", "request_id"[, "fields"]}}."""
-    body: dict[str, Any] = {"code": code, "message": message, "request_id": g.get("request_id")}
+    body: dict[str, Any] = {"code": code, "message": message, "request_id": current_request_id()}
     if fields:
         body["fields"] = fields
     response = jsonify(error=body)

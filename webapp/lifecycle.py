@@ -20,13 +20,13 @@ import time
 import traceback
 from typing import Any, NoReturn
 
-from flask import g, has_request_context
+from flask import has_request_context
 from gunicorn.glogging import Logger
 
 from webapp import metrics_files
 from webapp.config import ConfigError, load_config
 from webapp.http import error_response
-from webapp.pipeline import record_request
+from webapp.pipeline import current_request_id, record_request
 from webapp.workers import app_parts, refuse_new_connections
 
 log = logging.getLogger("webapp.lifecycle")
@@ -191,7 +191,7 @@ def _timeout_response(timeout: int) -> bytes:
         504, "worker_timeout",
         f"the request ran longer than the server's {timeout} s limit and was stopped; quote the request id",
     )
-    response.headers["X-Request-ID"] = g.get("request_id", "")
+    response.headers["X-Request-ID"] = current_request_id() or ""
     response.headers["Connection"] = "close"
     head = "".join(f"{name}: {value}\r\n" for name, value in response.headers.items())
     return f"HTTP/1.1 {response.status}\r\n{head}\r\n".encode("latin-1") + response.get_data()

@@ -10,8 +10,9 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
-from flask import g, has_request_context
 from pythonjsonlogger.orjson import OrjsonFormatter
+
+from webapp.pipeline import current_request_id
 
 HANDLER_NAME = "webapp-json"
 CONSOLE_HANDLER_NAME = "webapp-console"  # LOG_FORMAT=console; configure_logging replaces either kind
@@ -27,8 +28,10 @@ class RequestIdFilter(logging.Filter):
     """Stamp every record logged during a request with that request's id."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id") and has_request_context():
-            record.request_id = g.get("request_id")
+        if not hasattr(record, "request_id"):
+            request_id = current_request_id()
+            if request_id is not None:  # a request is in flight in this thread
+                record.request_id = request_id
         return True
 
 

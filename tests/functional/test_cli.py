@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,7 +119,8 @@ def test_purge_deletes_only_idempotency_keys_past_their_retention(database_url, 
 
 def test_a_successful_check_logs_the_database_without_its_password(database_url: str, capsys):
     # Trust authentication ignores the password, so the check succeeds and writes its log line.
-    with_password = database_url.replace("postgresql://postgres@", "postgresql://postgres:hunter2-secret@", 1)
+    # Local Postgres is "postgresql://postgres@...", the embedded one "postgresql://postgres:@...".
+    with_password = re.sub(r"^postgresql://postgres:?@", "postgresql://postgres:hunter2-secret@", database_url)
     assert with_password != database_url, "the test database URL has no user@ part to add a password to"
     assert main(["check"], {"DATABASE_URL": with_password}, io.StringIO()) == 0
     logged = capsys.readouterr().out
