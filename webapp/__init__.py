@@ -85,14 +85,15 @@ def create_app(
     # 5. The Flask app and its request pipeline, outermost step first.
     app = pipeline.PipelineFlask("webapp")
     app.json = OrjsonProvider(app)  # Flask's documented slot for the JSON provider
-    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes  # bodies without a Content-Length too
+    # Flask refuses a body over this with 413 before reading a byte of it (a chunked one as it
+    # grows); under gunicorn the worker has already refused it (workers.py, the same limit).
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.url_map.converters["id"] = IdConverter
     app.use(
         pipeline.request_id(),
         pipeline.deadline(config.request_timeout),
         pipeline.log_and_measure(metrics, logging.getLogger("webapp.http")),
         errors_to_http,
-        pipeline.body_limits(config.max_body_bytes),
     )
 
     # 6. Blueprints, each handed its service: parse, call, render.

@@ -1,6 +1,6 @@
 """The request pipeline: what wraps every request, written down once, in the order it runs.
 
-    request id → deadline → log line + metrics → errors to HTTP → body limits → view
+    request id → deadline → log line + metrics → errors to HTTP → view
 
 create_app lists the steps (`app.use(...)`), like ardanlabs' `web.NewApp(mid.Logger, mid.Errors,
 ...)`. Each step is a Middleware: it gets the next handler and returns a handler that wraps it,
@@ -19,7 +19,6 @@ from collections.abc import Callable
 from contextvars import ContextVar
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from webapp.metrics import Metrics
 from webapp.resilience import Deadline
@@ -31,7 +30,6 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # A client may ask for a shorter budget than REQUEST_TIMEOUT (never a longer one).
 TIMEOUT_HEADER = "X-Request-Timeout"
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Probes run every few seconds; their lines go to DEBUG so they do not drown the rest.
 QUIET_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
@@ -114,24 +112,6 @@ def log_and_measure(metrics: Metrics, logger: logging.Logger) -> Middleware:
             response = next_handler()
             record_request(response.status_code, time.perf_counter() - started, metrics, logger)
             return response
-
-        return handler
-
-    return step
-
-
-def body_limits(max_body_bytes: int) -> Middleware:
-    """413 for a declared body over the limit, 415 for a body that is not JSON; before a byte is read."""
-
-    def step(next_handler: Handler) -> Handler:
-        def handler() -> Response:
-            if (request.content_length or 0) > max_body_bytes:
-                raise RequestEntityTooLarge(f"request body exceeds {max_body_bytes} bytes")
-            # Unrouted requests keep their 404/405: a wrong path is not a wrong content type.
-            if (request.method in _BODY_METHODS and request.url_rule is not None
-                    and request.mimetype != "application/json"):
-                raise UnsupportedMediaType("send the body as application/json")
-            return next_handler()
 
         return handler
 
