@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Request, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from webapp.errors import (
@@ -51,9 +51,9 @@ RETRY_AFTER_SECONDS = 1
 def errors_to_http(next_handler: Handler) -> Handler:
     """The pipeline's errors step: whatever the steps inside raise is answered in JSON."""
 
-    def handler() -> Response:
+    def handler(req: Request) -> Response:
         try:
-            return next_handler()
+            return next_handler(req)
         except Exception as exc:
             return error_for(exc)
 

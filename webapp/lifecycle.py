@@ -20,7 +20,7 @@ import time
 import traceback
 from typing import Any, NoReturn
 
-from flask import has_request_context
+from flask import has_request_context, request
 from gunicorn.glogging import Logger
 
 from webapp import metrics_files
@@ -176,7 +176,7 @@ def worker_abort(worker: Any) -> None:
     log.error("worker timeout", extra={"timeout_s": worker.cfg.timeout, "stack": stuck_at})
     # The same request line and metrics as every other request, even for a stuck probe.
     parts = app_parts(worker)
-    record_request(504, float(worker.cfg.timeout), parts.get("metrics"), logging.getLogger("webapp.http"),
+    record_request(request, 504, float(worker.cfg.timeout), parts.get("metrics"), logging.getLogger("webapp.http"),
                    quiet_probes=False)
     try:
         client.sendall(_timeout_response(worker.cfg.timeout))
