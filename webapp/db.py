@@ -26,7 +26,8 @@ from webapp.connections import (
     run_command,
 )
 from webapp.errors import CommitFailed, DeadlineExceeded, Unavailable
-from webapp.resilience import HALF_OPEN, CircuitBreaker, CircuitOpen, Deadline, RetryError, retry_with_backoff
+from webapp.resilience import HALF_OPEN, CircuitBreaker, CircuitOpen, Deadline
+from webapp.retry import RetryError, retry_with_backoff
 from webapp.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,8 @@ class Database:
         direct = prepare_when_direct(conn)
         if direct != self.direct:  # once per worker, and again if the path to Postgres changes
             self.direct = direct
-            log.info("database connections go %s", "straight to Postgres: server-side prepared statements on"
-                     if direct else "through a pooler: no server-side prepared statements",
-                     extra={"prepared_statements": direct})
+            path = "straight to Postgres" if direct else "through a pooler"
+            log.info("database connections go %s", path, extra={"prepared_statements": direct})
 
     def open(self) -> None:
         """Start connecting in the background without waiting (a worker boots while Postgres is down)."""

@@ -18,8 +18,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "services": ("webapp.services",),
     "adapters": ("webapp.unit_of_work", "webapp.repositories", "webapp.cache", "webapp.db", "webapp.connections",
                  "webapp.watchdog", "webapp.migrate"),
-    "core": ("webapp.services.ports", "webapp.errors", "webapp.models", "webapp.resilience", "webapp.config",
-             "webapp.validation", "webapp.serialize"),
+    "core": ("webapp.services.ports", "webapp.errors", "webapp.models", "webapp.resilience", "webapp.retry",
+             "webapp.config", "webapp.validation", "webapp.serialize"),
 }
 # Frameworks and drivers: only these layers (or modules) may import them.
 THIRD_PARTY: dict[str, tuple[str, ...]] = {

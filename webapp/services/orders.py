@@ -16,7 +16,8 @@ from webapp.errors import (
     ValidationFailed,
 )
 from webapp.models import Order, OrderItem, OrderLine, Product
-from webapp.resilience import Deadline, RetryError, retry_with_backoff
+from webapp.resilience import Deadline
+from webapp.retry import RetryError, retry_with_backoff
 from webapp.services.ports import IdempotencyStore, OrderStore, ProductStore, UnitOfWork, UserStore
 
 log = logging.getLogger(__name__)
