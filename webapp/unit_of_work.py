@@ -6,8 +6,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from webapp.db import Database, Transaction
+from webapp.db import Database
 from webapp.resilience import Deadline
+from webapp.transaction import Transaction
 
 
 class PostgresUnitOfWork:

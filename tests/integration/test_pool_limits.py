@@ -11,9 +11,10 @@ from contextlib import ExitStack
 
 import pytest
 
-from webapp.db import Database, Transaction
+from webapp.db import Database
 from webapp.errors import Unavailable
 from webapp.resilience import CLOSED, Deadline
+from webapp.transaction import Transaction
 
 CHECKOUT_TIMEOUT = 0.5
 # Its own application_name: other tests (PgBouncer's pooled server connections) may hold ones named "webapp".

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from webapp.db import Database, Transaction
+from webapp.db import Database
 from webapp.errors import EmailTaken, SkuTaken
 from webapp.models import OrderItem
 from webapp.repositories import IdempotencyRepository, OrderRepository, ProductRepository, UserRepository
 from webapp.resilience import Deadline
+from webapp.transaction import Transaction
 
 
 @pytest.fixture

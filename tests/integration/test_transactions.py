@@ -16,9 +16,10 @@ import psycopg
 import pytest
 
 from tests.polling import wait_until
-from webapp.db import Database, Transaction, database_breaker
+from webapp.db import Database, database_breaker
 from webapp.errors import CommitFailed, DeadlineExceeded, Unavailable
 from webapp.resilience import CLOSED, HALF_OPEN, OPEN, Deadline
+from webapp.transaction import Transaction
 from webapp.watchdog import GRACE_SECONDS
 
 INSERT_ANN = "INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')"

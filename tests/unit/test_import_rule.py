@@ -16,8 +16,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "edge": ("webapp.pipeline", "webapp.http", "webapp.blueprints", "webapp.json_provider", "webapp.converters",
              "webapp.workers", "webapp.wire", "webapp.observability", "webapp.metrics", "webapp.metrics_files"),
     "services": ("webapp.services",),
-    "adapters": ("webapp.unit_of_work", "webapp.repositories", "webapp.cache", "webapp.db", "webapp.connections",
-                 "webapp.watchdog", "webapp.migrate"),
+    "adapters": ("webapp.unit_of_work", "webapp.repositories", "webapp.cache", "webapp.db", "webapp.transaction",
+                 "webapp.connections", "webapp.watchdog", "webapp.migrate"),
     "core": ("webapp.services.ports", "webapp.errors", "webapp.models", "webapp.resilience", "webapp.retry",
              "webapp.config", "webapp.validation", "webapp.serialize"),
 }
@@ -26,7 +26,8 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "flask": ("composition", "edge"),
     "werkzeug": ("composition", "edge"),
     "gunicorn": ("webapp.workers", "webapp.wire", "webapp.lifecycle", "webapp.gunicorn_settings"),
-    "psycopg": ("webapp.db", "webapp.connections", "webapp.migrate", "webapp.__main__", "webapp.config"),
+    "psycopg": ("webapp.db", "webapp.transaction", "webapp.connections", "webapp.migrate", "webapp.__main__",
+                "webapp.config"),
     "psycopg_pool": ("webapp.db", "webapp.connections"),
     "redis": ("webapp.cache",),
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, LiteralString
 
-from webapp.db import Transaction
+from webapp.transaction import Transaction
 
 
 class Repository:
