@@ -20,7 +20,7 @@ from flask import Flask
 
 from tests.conftest import close_app, make_config
 from tests.gunicorn_server import fresh_database, request, run_gunicorn
-from webapp import create_app
+from webapp import create_app, pipeline
 from webapp.observability import HANDLER_NAME, configure_logging
 
 GENERATED_ID = re.compile(r"^[0-9a-f]{22}$")  # random per-process prefix + counter (http.request_id_factory)
@@ -140,6 +140,18 @@ def test_debug_lines_appear_only_with_log_level_debug(logged_app, level: str, sh
     messages = [line["message"] for line in logged.lines()]
     assert ("a detail" in messages) is shown
     assert "a fact" in messages
+
+
+def test_the_request_id_and_deadline_end_with_their_request(logged_app):
+    # The test client runs the app in this thread: a value left in the ContextVars would stamp the
+    # next lines logged here (a worker's own, between requests) with a finished request's id.
+    logged = logged_app()
+    assert logged.client.get("/users/999999", headers={"X-Request-ID": "req-1"}).status_code == 404
+    assert pipeline.current_request_id() is None
+    with pytest.raises(RuntimeError, match="outside a request"):
+        pipeline.current_deadline()
+    logging.getLogger("webapp.test").warning("between requests")
+    assert "request_id" not in logged.lines()[-1]
 
 
 def test_a_sane_request_id_is_kept_and_echoed_in_header_and_error_body(logged_app):
