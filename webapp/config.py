@@ -166,16 +166,11 @@ def _redis_url(value: str | None) -> str | None:
     return value
 
 
-def _auto_bool(value: str) -> bool | None:
-    """"auto" (None: the code decides), or a boolean in environs' spellings (true/false, 1/0, yes/no, on/off)."""
-    word = value.strip().lower()
-    if word == "auto":
+def _auto_or_bool(env: environs.Env, name: str) -> bool | None:
+    """None for "auto" (the default: the code decides), else the variable read as environs' boolean."""
+    if env.str(name, "auto").strip().lower() == "auto":
         return None
-    if word in ("true", "1", "yes", "on"):
-        return True
-    if word in ("false", "0", "no", "off"):
-        return False
-    raise environs.EnvError("must be auto, true or false")
+    return env.bool(name)
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> Config:
@@ -183,7 +178,6 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     env = MappingEnv(os.environ if environ is None else environ)
     env.add_parser("database_url", _database_url)
     env.add_parser("redis_url", _redis_url)
-    env.add_parser("auto_bool", _auto_bool)
     positive = Range(min=0, min_inclusive=False)
     values: dict[str, Any] = dict(
         database_url=env.database_url("DATABASE_URL"),
@@ -195,7 +189,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         db_pool_max=env.int("DB_POOL_MAX", 2, validate=Range(1, 1000)),
         db_pool_timeout=env.float("DB_POOL_TIMEOUT", 2.0, validate=positive),
         db_pool_max_waiting=env.int("DB_POOL_MAX_WAITING", 32, validate=Range(1, 10_000)),
-        db_prepared_statements=env.auto_bool("DB_PREPARED_STATEMENTS", "auto"),
+        db_prepared_statements=_auto_or_bool(env, "DB_PREPARED_STATEMENTS"),
         db_breaker_reset_after=env.float("DB_BREAKER_RESET_AFTER", 1.0, validate=Range(0, 60)),
         redis_url=env.redis_url("REDIS_URL", None),
         cache_ttl=env.int("CACHE_TTL", 300, validate=Range(1, 86_400)),

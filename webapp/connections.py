@@ -12,6 +12,9 @@ from psycopg import errors as pg_errors
 from webapp.errors import DeadlineExceeded, TransientDatabaseError, Unavailable
 from webapp.resilience import Deadline
 
+# psycopg's default: a statement run this many times on a connection is prepared on the server.
+PREPARE_THRESHOLD = 5
+
 
 def connection_kwargs(name: str, prepared_statements: bool | None) -> dict[str, Any]:
     """libpq/psycopg settings for every pooled connection: client-only, nothing the server keeps.
@@ -36,10 +39,6 @@ def connection_kwargs(name: str, prepared_statements: bool | None) -> dict[str, 
         # statement _pg3_0 does not exist", or worse, another statement's result). None = never.
         "prepare_threshold": PREPARE_THRESHOLD if prepared_statements else None,
     }
-
-
-# psycopg's default: a statement run this many times on a connection is prepared on the server.
-PREPARE_THRESHOLD = 5
 
 
 def is_pooled(conn: psycopg.Connection[Any]) -> bool:

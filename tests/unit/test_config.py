@@ -125,3 +125,16 @@ def test_config_variables_names_every_variable_load_config_reads():
     names = config_variables()
     assert names[:2] == ["DATABASE_URL", "PORT"]
     assert {"LOG_FORMAT", "REDIS_URL", "IDEMPOTENCY_RETENTION_HOURS"} <= set(names)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, None), ("auto", None), ("AUTO", None), ("true", True), ("1", True), ("false", False), ("off", False),
+])
+def test_prepared_statements_are_auto_by_default_or_a_boolean(value: str | None, expected: bool | None):
+    environ = {"DATABASE_URL": "postgresql://u@h/d"} | ({"DB_PREPARED_STATEMENTS": value} if value else {})
+    assert load_config(environ).db_prepared_statements is expected
+
+
+def test_prepared_statements_refuse_anything_else():
+    with pytest.raises(ConfigError, match="DB_PREPARED_STATEMENTS"):
+        load_config({"DATABASE_URL": "postgresql://u@h/d", "DB_PREPARED_STATEMENTS": "sometimes"})
