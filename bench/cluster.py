@@ -109,7 +109,7 @@ def a_database() -> Iterator[str]:
     """DATABASE_URL's database, migrated; or a throwaway Postgres, seeded, removed at the end."""
     from bench.faultenv import OwnPostgres
     from bench.seed import recreate_database, seed
-    from webapp.migrate import migrate
+    from webapp.postgres.migrations import migrate
 
     if os.environ.get("DATABASE_URL"):
         migrate(os.environ["DATABASE_URL"])

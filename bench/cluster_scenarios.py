@@ -19,7 +19,7 @@ import psycopg
 from bench.faultenv import LOAD_PRODUCT, USERS, FaultEnv, Verdict, tally
 from bench.load import Load, Outcome, RequestSpec, count, send
 from bench.scenarios import _is_retryable_503, _orders_stored, _p99_ms, failed, get_user, outage
-from webapp.watchdog import GRACE_SECONDS
+from webapp.postgres.watchdog import GRACE_SECONDS
 
 
 def mixed(users: int = USERS, product_id: int = LOAD_PRODUCT) -> Callable[[int], RequestSpec]:

@@ -1,5 +1,5 @@
-"""`python -m bench.metrics_churn DEAD [FOLDER]`: scrape cost with DEAD dead workers' metric files, before and
-after webapp.metrics_files folds them into archives (files in a temporary folder under FOLDER, e.g. /dev/shm)."""
+"""`python -m bench.metrics_churn DEAD [FOLDER]`: scrape cost with DEAD dead workers' metric files, before
+and after webapp.gunicorn.metrics_files folds them into archives (in a temporary folder under FOLDER, e.g. /dev/shm)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from webapp import metrics_files
+from webapp.gunicorn import metrics_files
 
 
 def a_worker(folder: Path, pid: int) -> None:

@@ -1,4 +1,4 @@
-"""A database of the bench's own: created, migrated with webapp.migrate, and filled in bulk."""
+"""A database of the bench's own: created, migrated with webapp.postgres.migrations, and filled in bulk."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from webapp.migrate import migrate
+from webapp.postgres.migrations import migrate
 
 # int4 column; large enough that no benchmark run ever sells out.
 LARGE_STOCK = 2_000_000_000
@@ -68,8 +68,8 @@ def prime_user_cache(redis_url: str, url: str, ttl: int = 3600) -> int:
     """
     import redis
 
-    from webapp.cache import RedisUserCache
-    from webapp.models import User
+    from webapp.cache.users import RedisUserCache
+    from webapp.domain.models import User
     from webapp.resilience import CircuitBreaker
 
     client = redis.Redis.from_url(redis_url)

@@ -12,8 +12,8 @@ from flask import Flask
 
 from bench.servers import BASELINE_APP, OURS_APP
 from webapp import create_app as create_service
-from webapp.config import load_config
-from webapp.metrics import Metrics
+from webapp.observability.metrics import Metrics
+from webapp.settings import load_config
 
 LAYERS = ("log", "metrics")
 

@@ -20,8 +20,8 @@ import pytest
 import redis
 from flask import Flask
 
-from webapp.config import Config, load_config
-from webapp.migrate import migrate
+from webapp.postgres.migrations import migrate
+from webapp.settings import Config, load_config
 
 if TYPE_CHECKING:
     from bench.pgbouncer import PgBouncer
@@ -41,7 +41,7 @@ def server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from webapp.devserver import start_embedded_postgres
+    from webapp.gunicorn.devserver import start_embedded_postgres
 
     with tempfile.TemporaryDirectory(prefix="webapp-pg-") as tmp:
         server, url = start_embedded_postgres(__import__("pathlib").Path(tmp) / "data")

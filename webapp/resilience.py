@@ -1,17 +1,18 @@
-"""Resilience primitives: a request deadline and a circuit breaker (retry with backoff: retry.py).
-
-Pure stdlib and thread-safe; every time source is injectable so tests never sleep.
+"""Resilience primitives, pure stdlib and thread-safe, every clock injectable so tests never sleep.
 
 * Deadline: one request's time budget, shared by every step of that request so that
   retries and per-step timeouts can never add up to more than the client will wait.
 * CircuitBreaker: stops hammering a dependency that is down. After a cool-off it lets
-  exactly ONE trial call through (the Go seed let every concurrent caller through in
-  half-open, which re-floods a dependency at the very moment it is trying to recover).
+  exactly ONE trial call through (a half-open breaker that lets every concurrent caller
+  through re-floods the dependency at the very moment it is trying to recover).
+* retry_with_backoff: bounded retries, exponential backoff with full jitter, and never a
+  sleep that would outlive the request's deadline.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -44,12 +45,6 @@ class Deadline:
     def expired(self) -> bool:
         """True once the budget is used up."""
         return self.remaining() <= 0.0
-
-    def bound(self, seconds: float) -> float:
-        """Cap a per-step timeout so that the step cannot outlive the request."""
-        # Trap: this can return 0, and to some APIs 0 means "no timeout at all" (Postgres
-        # statement_timeout, libpq connect_timeout). Check expired() before using it there.
-        return min(seconds, self.remaining())
 
 
 class CircuitOpen(Exception):
@@ -200,3 +195,70 @@ class CircuitBreaker:
             except Exception:
                 # An observer (metrics, alerting) must never break the call it observes.
                 logger.exception("on_transition callback failed for circuit %r", self.name)
+
+
+class RetryError(Exception):
+    """Raised when retry_with_backoff gives up; __cause__ is the last error."""
+
+    def __init__(self, attempts: int, last_error: BaseException) -> None:
+        super().__init__(f"gave up after {attempts} attempts: {last_error!r}")
+        self.attempts = attempts
+        self.last_error = last_error
+
+
+def _as_predicate(
+    retry_on: tuple[type[BaseException], ...] | Callable[[BaseException], bool],
+) -> Callable[[BaseException], bool]:
+    # Trap: an exception class is itself callable, and ConnectionError(exc) is a truthy
+    # instance - used as a predicate it would retry everything. Treat a bare class as a type.
+    if isinstance(retry_on, type):
+        retry_on = (retry_on,)
+    if isinstance(retry_on, tuple):
+        types = retry_on
+        return lambda exc: isinstance(exc, types)
+    return retry_on
+
+
+def retry_with_backoff(
+    fn: Callable[[], T],
+    *,
+    attempts: int,
+    base: float,
+    max_delay: float,
+    deadline: Deadline | None = None,
+    retry_on: tuple[type[BaseException], ...] | Callable[[BaseException], bool],
+    sleep: Callable[[float], None] = time.sleep,
+    rand: Callable[[], float] = random.random,
+    before_retry: Callable[[int, BaseException], None] | None = None,
+) -> T:
+    """Call fn() up to `attempts` times, sleeping with full-jitter backoff between tries.
+
+    before_retry(n, exc) runs after failed attempt n, only when attempt n+1 will happen.
+    """
+    if attempts < 1:
+        raise ValueError("attempts must be at least 1")
+    should_retry = _as_predicate(retry_on)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as exc:
+            # Only Exception: KeyboardInterrupt/SystemExit (a worker being shut down) are
+            # never retried. Non-retryable errors (bad input, 4xx) escape untouched.
+            if not should_retry(exc):
+                raise
+            last_error: Exception = exc
+        if attempt >= attempts:
+            break
+        # Full jitter: a random point in [0, cap) spreads out clients that failed together,
+        # so they do not come back in lockstep and knock the dependency over again.
+        delay = rand() * min(max_delay, base * 2 ** (attempt - 1))
+        # >=, not >: waking with zero budget left would leave no time for the attempt itself.
+        if deadline is not None and delay >= deadline.remaining():
+            break
+        if before_retry is not None:
+            # Before sleeping: e.g. roll back now, so row locks are not held through the wait.
+            before_retry(attempt, last_error)
+        sleep(delay)
+    raise RetryError(attempt, last_error) from last_error

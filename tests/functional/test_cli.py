@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from webapp.__main__ import connection_failure, main
+from webapp.cli import main
+from webapp.postgres.connection import connection_failure
 
 # A child process must not see the developer's own settings (or a .env above its folder).
 _CLEAN_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1"}

@@ -35,7 +35,7 @@ def test_two_apps_in_one_process_share_nothing(database_url, second_database, db
 
 
 def test_a_dependency_passed_in_is_used_instead_of_building_one(database_url, db):
-    from webapp.metrics import Metrics
+    from webapp.observability.metrics import Metrics
 
     metrics = Metrics()
     app = create_app(make_config(database_url), metrics=metrics)

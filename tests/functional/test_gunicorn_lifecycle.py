@@ -14,7 +14,7 @@ import pytest
 
 from tests.gunicorn_server import SLOW_APP, LoadClient, app_connections, fresh_database, request, run_gunicorn
 from tests.polling import wait_until
-from webapp.lifecycle import refuse_new_connections
+from webapp.gunicorn.hooks import refuse_new_connections
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""webapp.gunicorn_settings in real processes: what gunicorn reads, what it refuses, what a bare gunicorn lacks.
+"""webapp.gunicorn.settings in real processes: what gunicorn reads, what it refuses, what a bare gunicorn lacks.
 
 Each settings load runs in a child process: importing the module sets up a gunicorn master
 (environment, logging, prometheus_client's storage), which must not leak into the test process.
@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from tests.gunicorn_server import free_port, request
-from webapp.serving import usable_cpus
+from webapp.gunicorn.server_settings import usable_cpus
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
-SETTINGS = "python:webapp.gunicorn_settings"
+SETTINGS = "python:webapp.gunicorn.settings"
 # What the developer's shell or .env could set, and the marker a settings module leaves behind.
 _SETTINGS_ENV = (
     "DATABASE_URL", "PORT", "BIND_HOST", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT",
@@ -48,7 +48,7 @@ print(json.dumps({k: v for k, v in names.items() if isinstance(v, (int, float, s
 """
 
 
-def load_settings(tmp_path: Path, source: str = "webapp.gunicorn_settings", **env: str) -> dict[str, Any]:
+def load_settings(tmp_path: Path, source: str = "webapp.gunicorn.settings", **env: str) -> dict[str, Any]:
     """The module-level settings gunicorn would read from source (a module name or a file)."""
     # Set, so the module's setdefault leaves nothing behind in /dev/shm.
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
@@ -58,7 +58,7 @@ def load_settings(tmp_path: Path, source: str = "webapp.gunicorn_settings", **en
     return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize("source", ["webapp.gunicorn_settings", str(PROJECT_DIR / "gunicorn.conf.py")])
+@pytest.mark.parametrize("source", ["webapp.gunicorn.settings", str(PROJECT_DIR / "gunicorn.conf.py")])
 def test_the_settings_read_the_environment_then_dotenv(tmp_path: Path, source: str):
     (tmp_path / ".env").write_text("PORT=1\nGUNICORN_BACKLOG=99\n")
     conf = load_settings(tmp_path, source, PORT="5123", WEB_CONCURRENCY="3", BIND_HOST="127.0.0.1",
@@ -68,7 +68,7 @@ def test_the_settings_read_the_environment_then_dotenv(tmp_path: Path, source: s
     assert conf["workers"] == 3
     assert conf["preload_app"] is False
     assert conf["control_socket_disable"] is True
-    assert conf["worker_class"] == "webapp.workers.DrainingSyncWorker"
+    assert conf["worker_class"] == "webapp.gunicorn.worker.DrainingSyncWorker"
     assert conf["timeout"] <= conf["graceful_timeout"]
     assert {"on_starting", "post_fork", "worker_abort", "worker_exit", "child_exit", "on_exit"} <= set(conf["hooks"])
 
@@ -171,7 +171,7 @@ def test_a_bare_gunicorn_logs_one_warning_naming_what_is_missing_and_how_to_get_
 def test_workers_share_the_default_metrics_folder_though_the_package_imported_prometheus_first(
     server_url: str, tmp_path: Path,
 ):
-    # `python:webapp.gunicorn_settings` imports the webapp package (and prometheus_client) before the
+    # `python:webapp.gunicorn.settings` imports the webapp package (and prometheus_client) before the
     # module can set PROMETHEUS_MULTIPROC_DIR; without the re-choice each worker counts alone.
     port = free_port()
     env = child_env(DATABASE_URL=server_url, SHUTDOWN_DRAIN_SECONDS="0")

@@ -14,7 +14,7 @@ from flask import Flask
 
 from tests.conftest import make_config
 from webapp import create_app
-from webapp.observability import HANDLER_NAME, configure_logging
+from webapp.observability.logs import HANDLER_NAME, configure_logging
 
 SECRET_PASSWORD = "pw-that-must-never-show-7f3a"
 

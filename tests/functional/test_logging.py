@@ -20,8 +20,9 @@ from flask import Flask
 
 from tests.conftest import close_app, make_config
 from tests.gunicorn_server import fresh_database, request, run_gunicorn
-from webapp import create_app, pipeline
-from webapp.observability import HANDLER_NAME, configure_logging
+from webapp import create_app
+from webapp.observability.logs import HANDLER_NAME, configure_logging
+from webapp.web import pipeline
 
 GENERATED_ID = re.compile(r"^[0-9a-f]{22}$")  # random per-process prefix + counter (http.request_id_factory)
 REQUEST_FIELDS = {"method", "path", "raw_path", "status", "duration_ms", "request_id", "remote_addr"}
@@ -263,9 +264,9 @@ def test_gunicorn_stdout_is_json_lines_only_and_carries_no_secret(server_url: st
             lines = server.log_lines()  # fails on any stdout line that is not JSON
             output = server.log_text() + server.stderr_text()
             assert server.stderr_text() == ""  # nothing bypasses the JSON lines
-    assert {"gunicorn.error", "webapp", "webapp.http", "webapp.lifecycle"} <= {line["logger"] for line in lines}
+    assert {"gunicorn.error", "webapp.app", "webapp.http", "webapp.lifecycle"} <= {line["logger"] for line in lines}
     logged_paths = {line["raw_path"] for line in lines if line["message"] == "request"}
     assert {"/users/1", "/no/such/path", "/readyz", "/metrics", "/users"} <= logged_paths
-    assert any("Invalid" in line["message"] for line in lines)  # the rejected line was logged...
+    assert any(line.get("error", "").startswith("Invalid") for line in lines)  # the rejected line was logged...
     for secret in secrets.all():
         assert secret not in output  # ...without its query string

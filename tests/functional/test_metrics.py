@@ -132,7 +132,7 @@ def test_two_apps_in_one_process_count_separately(database_url: str, db, apps):
 def write_stale_counter(metrics_dir: Path, count: int) -> None:
     """What a previous run leaves behind: a worker's counter file, written by another process."""
     code = (
-        "from webapp.metrics import Metrics\n"
+        "from webapp.observability.metrics import Metrics\n"
         f"m = Metrics({str(metrics_dir)!r})\n"
         f"m.requests.labels('GET', {USER_ROUTE!r}, '404').inc({count})\n"
     )

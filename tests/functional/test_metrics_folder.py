@@ -11,14 +11,14 @@ from types import SimpleNamespace
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from webapp import lifecycle
+from webapp.gunicorn import hooks
 
 
 def write_worker_metrics(metrics_dir: Path) -> int:
     """Run a 'worker' process that counts a request and sets the pool gauges; return its pid."""
     code = (
         "import os\n"
-        "from webapp.metrics import Metrics\n"
+        "from webapp.observability.metrics import Metrics\n"
         f"m = Metrics({str(metrics_dir)!r})\n"
         "m.watch_pool(lambda: {'size': 2, 'available': 2, 'waiting': 0})\n"
         "m.observe_request('GET', '/livez', 200, 0.01)\n"
@@ -41,9 +41,9 @@ def test_wipe_metrics_dir_leaves_an_empty_folder(tmp_path: Path):
     write_worker_metrics(metrics_dir)
     assert scrape(metrics_dir).count("http_requests_total{") == 1
 
-    lifecycle.wipe_metrics_dir(str(metrics_dir))
+    hooks.wipe_metrics_dir(str(metrics_dir))
     assert metrics_dir.is_dir() and not list(metrics_dir.iterdir())
-    lifecycle.wipe_metrics_dir(None)  # single-process mode: nothing to do
+    hooks.wipe_metrics_dir(None)  # single-process mode: nothing to do
 
 
 def test_child_exit_drops_a_dead_workers_live_gauges_but_keeps_its_counts(tmp_path: Path, monkeypatch):
@@ -53,7 +53,7 @@ def test_child_exit_drops_a_dead_workers_live_gauges_but_keeps_its_counts(tmp_pa
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     assert 'db_pool_connections{state="size"} 2.0' in scrape(metrics_dir)
 
-    lifecycle.child_exit(server=None, worker=SimpleNamespace(pid=pid))
+    hooks.child_exit(server=None, worker=SimpleNamespace(pid=pid))
 
     text = scrape(metrics_dir)
     assert 'db_pool_connections{state="size"}' not in text  # a dead worker holds no connections

@@ -18,7 +18,7 @@ from bench.nginx import TEMPLATE, Nginx, nginx_binary
 from bench.servers import free_port
 from tests.gunicorn_server import request
 from tests.pgbouncer_server import require
-from webapp.config import Config
+from webapp.settings import Config
 
 
 class Recorder(BaseHTTPRequestHandler):

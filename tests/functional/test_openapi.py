@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
-from webapp import errors, http
-from webapp.validation import MAX_ID, parse_new_order, parse_new_product, parse_new_user
+from webapp.domain import errors
+from webapp.web import errors as http
+from webapp.web.parsing import MAX_ID, parse_new_order, parse_new_product, parse_new_user
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # Flask answers HEAD for every GET and OPTIONS for every rule by itself; the spec lists what a view implements.

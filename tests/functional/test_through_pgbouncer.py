@@ -43,7 +43,7 @@ from tests.functional.test_idempotency import (  # noqa: F401
 from tests.gunicorn_server import GunicornServer, run_gunicorn
 from tests.pgbouncer_server import server_settings
 from webapp import create_app
-from webapp.watchdog import GRACE_SECONDS
+from webapp.postgres.watchdog import GRACE_SECONDS
 
 DEADLINE_MARGIN = 0.5
 

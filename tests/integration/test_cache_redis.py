@@ -18,15 +18,14 @@ import pytest
 
 from tests.conftest import make_config
 from tests.redis_server import RedisServer
-from webapp.cache import UNHEALTHY, NoCache, RedisUserCache, cache_from_config, redis_client
-from webapp.db import Database
-from webapp.errors import CommitFailed, EmailTaken
-from webapp.models import User
-from webapp.repositories import OrderRepository, UserRepository
+from webapp.cache.users import UNHEALTHY, NoCache, RedisUserCache, cache_from_config, redis_client
+from webapp.domain.errors import CommitFailed, EmailTaken
+from webapp.domain.models import User
+from webapp.postgres.database import Database
+from webapp.postgres.unit_of_work import UnitOfWork
 from webapp.resilience import CLOSED, OPEN, CircuitBreaker, Deadline
-from webapp.services import UserService
 from webapp.services.ports import Check
-from webapp.unit_of_work import PostgresUnitOfWork
+from webapp.services.users import UserService
 
 SOCKET_TIMEOUT = 0.2  # long enough to measure against, short enough to keep the tests quick
 THRESHOLD = 3
@@ -222,8 +221,7 @@ class WatchedCache:
 
 def user_service(database: Database, cache: WatchedCache) -> UserService:
     """UserService as create_app wires it, on its own pool."""
-    uow = PostgresUnitOfWork(database, deadline=lambda: Deadline(5))
-    return UserService(uow, UserRepository(uow.current), OrderRepository(uow.current), cache)
+    return UserService(UnitOfWork(database, deadline=lambda: Deadline(5)), cache)
 
 
 def test_a_write_evicts_the_cached_user_only_once_it_has_committed(server, database, db):

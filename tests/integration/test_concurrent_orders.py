@@ -6,23 +6,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from webapp.db import Database
-from webapp.errors import InsufficientStock
-from webapp.models import OrderLine
-from webapp.repositories import IdempotencyRepository, OrderRepository, ProductRepository, UserRepository
+from webapp.domain.errors import InsufficientStock
+from webapp.domain.models import OrderLine
+from webapp.postgres.database import Database
+from webapp.postgres.unit_of_work import UnitOfWork
 from webapp.resilience import Deadline
-from webapp.services import OrderService
-from webapp.unit_of_work import PostgresUnitOfWork
+from webapp.services.orders import OrderService
 
 
 def order_service(database: Database) -> OrderService:
     """The service as create_app wires it, shared by every thread (each sees its own transaction),
     but with one attempt only: a deadlock or serialization failure must surface, not be retried away."""
-    uow = PostgresUnitOfWork(database, deadline=lambda: Deadline(20))
-    return OrderService(
-        uow, UserRepository(uow.current), ProductRepository(uow.current), OrderRepository(uow.current),
-        IdempotencyRepository(uow.current), attempts=1,
-    )
+    return OrderService(UnitOfWork(database, deadline=lambda: Deadline(20)), attempts=1)
 
 
 def place_one(service: OrderService, user_id: int, product_ids: list[int]) -> str:

@@ -9,9 +9,9 @@ import pytest
 
 from tests.conftest import close_app, make_config
 from webapp import create_app
-from webapp.config import load_config
-from webapp.devserver import start_embedded_postgres
-from webapp.migrate import migrate
+from webapp.gunicorn.devserver import start_embedded_postgres
+from webapp.postgres.migrations import migrate
+from webapp.settings import load_config
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from webapp import metrics_files
+from webapp.gunicorn import metrics_files
+from webapp.observability.metrics import LockedMultiProcessCollector
 
 BUCKETS = ("0.01", "0.1", "+Inf")
 
@@ -86,7 +87,7 @@ def test_the_locked_collector_reads_the_same_as_prometheus_clients(tmp_path: Pat
         a_worker(tmp_path, pid)
     metrics_files.archive_dead_worker(str(tmp_path), 1)
     registry = CollectorRegistry()
-    metrics_files.MultiProcessCollector(registry, path=str(tmp_path))
+    LockedMultiProcessCollector(registry, path=str(tmp_path))
     assert generate_latest(registry).decode() == generate_latest(_plain(tmp_path)).decode()
 
 

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from tests.conftest import scratch_database
-from webapp.migrate import migrate, migration_files
+from webapp.postgres.migrations import migrate, migration_files
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ from contextlib import ExitStack
 
 import pytest
 
-from webapp.db import Database
-from webapp.errors import Unavailable
+from webapp.domain.errors import Unavailable
+from webapp.postgres.database import Database
+from webapp.postgres.unit_of_work import Transaction
 from webapp.resilience import CLOSED, Deadline
-from webapp.transaction import Transaction
 
 CHECKOUT_TIMEOUT = 0.5
 # Its own application_name: other tests (PgBouncer's pooled server connections) may hold ones named "webapp".
@@ -34,7 +34,7 @@ def database(database_url: str, db) -> Iterator[Database]:
 def exhausted(database: Database) -> Iterator[list[Transaction]]:
     """Both connections checked out, each inside an open transaction (a slow request's)."""
     with ExitStack() as stack:
-        held = [stack.enter_context(database.transaction(Deadline(30))) for _ in range(2)]
+        held = [stack.enter_context(Transaction(database, Deadline(30))) for _ in range(2)]
         for tx in held:
             tx.execute("SELECT 1")  # the first statement takes the connection
         yield held  # a test may end some of them early (it pops them off the list and closes them)
@@ -44,7 +44,7 @@ def checkout(database: Database, deadline: Deadline) -> tuple[str, float]:
     """Try to run a transaction's first statement; return the outcome and how long it took."""
     started = time.monotonic()
     try:
-        with database.transaction(deadline) as tx:
+        with Transaction(database, deadline) as tx:
             tx.execute("SELECT 1")
     except Unavailable:
         return "unavailable", time.monotonic() - started

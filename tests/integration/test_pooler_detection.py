@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import psycopg
 
-from webapp.connections import is_pooled
-from webapp.db import Database
+from webapp.postgres.connection import is_pooled
+from webapp.postgres.database import Database
+from webapp.postgres.unit_of_work import Transaction
 from webapp.resilience import Deadline
 
 
@@ -31,7 +32,7 @@ def test_through_pgbouncer_the_default_pool_never_prepares_and_every_statement_a
         # Two pooled connections over three shared server connections, 20 statements each: with
         # prepares on, psycopg's 6th run would name a statement another server connection never saw.
         for _ in range(20):
-            with database.transaction(Deadline(5), read_only=True) as tx:
+            with Transaction(database, Deadline(5), read_only=True) as tx:
                 assert tx.execute("SELECT %s::int + 1", (1,)).fetchone() == (2,)
         for _ in range(2):
             with database.pool.connection(timeout=2) as conn:

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from webapp.db import Database
-from webapp.errors import EmailTaken, SkuTaken
-from webapp.models import OrderItem
-from webapp.repositories import IdempotencyRepository, OrderRepository, ProductRepository, UserRepository
+from webapp.domain.errors import EmailTaken, SkuTaken
+from webapp.domain.models import OrderItem
+from webapp.postgres.database import Database
+from webapp.postgres.unit_of_work import Transaction
 from webapp.resilience import Deadline
-from webapp.transaction import Transaction
 
 
 @pytest.fixture
@@ -24,20 +23,20 @@ def database(database_url: str, db) -> Iterator[Database]:
 @pytest.fixture
 def tx(database: Database) -> Iterator[Transaction]:
     """One transaction the repositories run in; committed, so `db` can see what they wrote."""
-    with database.transaction(Deadline(10)) as tx:
+    with Transaction(database, Deadline(10)) as tx:
         yield tx
         tx.commit()
 
 
 def test_users_are_unique_by_email_ignoring_case(tx):
-    users = UserRepository(lambda: tx)
+    users = tx.users
     users.add("Ann", "Ann@Example.org")
     with pytest.raises(EmailTaken):
         users.add("Imposter", "ann@example.ORG")
 
 
 def test_user_keyset_pagination_walks_every_row_once(tx):
-    users = UserRepository(lambda: tx)
+    users = tx.users
     created = [users.add(f"U{i}", f"u{i}@example.org").id for i in range(7)]
     seen, after = [], 0
     while True:
@@ -50,25 +49,25 @@ def test_user_keyset_pagination_walks_every_row_once(tx):
 
 
 def test_duplicate_sku_is_refused(tx):
-    products = ProductRepository(lambda: tx)
+    products = tx.products
     products.add("SKU-1", "One", 100, 1)
     with pytest.raises(SkuTaken):
         products.add("SKU-1", "Other", 100, 1)
 
 
 def test_stock_can_never_go_negative_even_if_a_caller_forgets_to_check(database: Database):
-    with database.transaction(Deadline(10)) as tx:
-        products = ProductRepository(lambda: tx)
+    with Transaction(database, Deadline(10)) as tx:
+        products = tx.products
         product = products.add("SKU-1", "One", 100, 1)
         with pytest.raises(psycopg.errors.CheckViolation):
             products.decrement_stock({product.id: 2})
 
 
 def test_an_order_round_trips_with_its_items_and_total(tx):
-    user = UserRepository(lambda: tx).add("Ann", "ann@example.org")
-    products = ProductRepository(lambda: tx)
+    user = tx.users.add("Ann", "ann@example.org")
+    products = tx.products
     a, b = products.add("A", "A", 150, 9), products.add("B", "B", 200, 9)
-    orders = OrderRepository(lambda: tx)
+    orders = tx.orders
     placed = orders.add(user.id, [OrderItem(b.id, 1, 200), OrderItem(a.id, 2, 150)])
     fetched = orders.get(placed.id)
     assert fetched is not None
@@ -80,9 +79,9 @@ def test_an_order_round_trips_with_its_items_and_total(tx):
 @pytest.fixture
 def two_orders(database: Database) -> dict[str, int]:
     """Two users (Ann, Bob) with one order each, committed."""
-    with database.transaction(Deadline(10)) as tx:
-        users, orders = UserRepository(lambda: tx), OrderRepository(lambda: tx)
-        product = ProductRepository(lambda: tx).add("P", "P", 100, 9)
+    with Transaction(database, Deadline(10)) as tx:
+        users, orders = tx.users, tx.orders
+        product = tx.products.add("P", "P", 100, 9)
         ann, bob = users.add("Ann", "ann@example.org"), users.add("Bob", "bob@example.org")
         ids = {
             "ann": ann.id, "bob": bob.id,
@@ -94,7 +93,7 @@ def two_orders(database: Database) -> dict[str, int]:
 
 
 def test_the_same_idempotency_key_is_separate_for_each_user(tx, two_orders):
-    keys = IdempotencyRepository(lambda: tx)
+    keys = tx.idempotency_keys
     keys.save(two_orders["ann"], "k-1", "hash-a", two_orders["ann_order"])
     keys.save(two_orders["bob"], "k-1", "hash-b", two_orders["bob_order"])  # no conflict: another user's key
     assert keys.find(two_orders["ann"], "k-1", 24) == ("hash-a", two_orders["ann_order"])
@@ -103,7 +102,7 @@ def test_the_same_idempotency_key_is_separate_for_each_user(tx, two_orders):
 
 
 def test_an_expired_idempotency_key_is_absent_and_saving_takes_its_row_over(tx, two_orders):
-    keys = IdempotencyRepository(lambda: tx)
+    keys = tx.idempotency_keys
     keys.save(two_orders["ann"], "k-1", "old-hash", two_orders["ann_order"])
     tx.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
     assert keys.find(two_orders["ann"], "k-1", 24) is None  # past retention: the request is new again
@@ -114,10 +113,10 @@ def test_an_expired_idempotency_key_is_absent_and_saving_takes_its_row_over(tx, 
 
 def test_a_claimed_key_blocks_only_the_same_user_and_only_until_the_claim_ends(database: Database, two_orders, db):
     ann, bob = two_orders["ann"], two_orders["bob"]
-    with database.transaction(Deadline(10)) as first:
-        assert IdempotencyRepository(lambda: first).try_claim(ann, "k-1")
-        with database.transaction(Deadline(10)) as second:
-            rival = IdempotencyRepository(lambda: second)
+    with Transaction(database, Deadline(10)) as first:
+        assert first.idempotency_keys.try_claim(ann, "k-1")
+        with Transaction(database, Deadline(10)) as second:
+            rival = second.idempotency_keys
             assert not rival.try_claim(ann, "k-1")  # in flight in another transaction: refused at once
             assert rival.try_claim(bob, "k-1")  # another user's key of the same name is free
             assert rival.try_claim(ann, "k-2")
@@ -128,5 +127,5 @@ def test_a_claimed_key_blocks_only_the_same_user_and_only_until_the_claim_ends(d
         "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     ).fetchone()
     assert held == (0,)
-    with database.transaction(Deadline(10)) as third:
-        assert IdempotencyRepository(lambda: third).try_claim(ann, "k-1")
+    with Transaction(database, Deadline(10)) as third:
+        assert third.idempotency_keys.try_claim(ann, "k-1")

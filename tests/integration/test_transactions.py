@@ -16,11 +16,11 @@ import psycopg
 import pytest
 
 from tests.polling import wait_until
-from webapp.db import Database, database_breaker
-from webapp.errors import CommitFailed, DeadlineExceeded, Unavailable
+from webapp.domain.errors import CommitFailed, DeadlineExceeded, Unavailable
+from webapp.postgres.database import Database, database_breaker
+from webapp.postgres.unit_of_work import Transaction
+from webapp.postgres.watchdog import GRACE_SECONDS
 from webapp.resilience import CLOSED, HALF_OPEN, OPEN, Deadline
-from webapp.transaction import Transaction
-from webapp.watchdog import GRACE_SECONDS
 
 INSERT_ANN = "INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')"
 
@@ -62,20 +62,20 @@ def app_sessions(db: psycopg.Connection) -> list[tuple[int, str]]:
 
 
 def test_a_transaction_commits_only_when_told_to(database: Database, db):
-    with database.transaction(Deadline(5)) as tx:
+    with Transaction(database, Deadline(5)) as tx:
         tx.execute(INSERT_ANN)
         tx.commit()
     assert count_users(db) == 1
 
 
 def test_leaving_the_block_without_commit_rolls_back(database: Database, db):
-    with database.transaction(Deadline(5)) as tx:
+    with Transaction(database, Deadline(5)) as tx:
         tx.execute(INSERT_ANN)  # a service that forgets tx.commit() writes nothing
     assert count_users(db) == 0
 
 
 def test_an_exception_rolls_back_everything_and_propagates(database: Database, db):
-    with pytest.raises(RuntimeError), database.transaction(Deadline(5)) as tx:
+    with pytest.raises(RuntimeError), Transaction(database, Deadline(5)) as tx:
         tx.execute(INSERT_ANN)
         raise RuntimeError("boom")
     assert count_users(db) == 0
@@ -83,7 +83,7 @@ def test_an_exception_rolls_back_everything_and_propagates(database: Database, d
 
 def test_a_commit_after_a_failed_statement_raises_instead_of_silently_rolling_back(database: Database, db):
     # Postgres answers COMMIT with "ROLLBACK" (no error) once a statement failed.
-    with pytest.raises(CommitFailed), database.transaction(Deadline(5)) as tx:
+    with pytest.raises(CommitFailed), Transaction(database, Deadline(5)) as tx:
         tx.execute(INSERT_ANN)
         with contextlib.suppress(psycopg.errors.DivisionByZero):
             tx.execute("SELECT 1/0")  # a careless caller swallows the error and carries on
@@ -95,7 +95,7 @@ def test_a_commit_rejected_by_the_server_raises_commit_failed(database: Database
     db.execute("CREATE TABLE IF NOT EXISTS deferred_check (id int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
     db.execute("TRUNCATE deferred_check")
     try:
-        with pytest.raises(CommitFailed), database.transaction(Deadline(5)) as tx:
+        with pytest.raises(CommitFailed), Transaction(database, Deadline(5)) as tx:
             tx.execute("INSERT INTO deferred_check VALUES (1), (1)")  # checked only at COMMIT
             tx.commit()
         assert db.execute("SELECT count(*) FROM deferred_check").fetchone() == (0,)
@@ -104,7 +104,7 @@ def test_a_commit_rejected_by_the_server_raises_commit_failed(database: Database
 
 
 def test_the_deadline_becomes_the_statement_timeout(database: Database):
-    with database.transaction(Deadline(1.5)) as tx:
+    with Transaction(database, Deadline(1.5)) as tx:
         row = tx.execute("SELECT current_setting('statement_timeout')").fetchone()
     assert row is not None
     assert row[0].endswith("ms") and 1000 < int(row[0][:-2]) <= 1500
@@ -114,7 +114,7 @@ def test_no_session_state_outlives_a_transaction_on_its_pooled_connection(one_co
     # Behind a transaction-mode pooler the next client of this server session could be anyone:
     # the deadline's statement_timeout must end with the transaction (SET LOCAL), not stay.
     server_default = db.execute("SHOW statement_timeout").fetchone()[0]  # a fresh session's value
-    with one_connection.transaction(Deadline(1.5)) as tx:
+    with Transaction(one_connection, Deadline(1.5)) as tx:
         pid, inside = one_row(tx, "SELECT pg_backend_pid(), current_setting('statement_timeout')")
         tx.commit()
     assert inside != server_default
@@ -127,7 +127,7 @@ def test_no_session_state_outlives_a_transaction_on_its_pooled_connection(one_co
 
 def prepared_on_the_server(database: Database) -> int:
     """Run one statement 10 times in a transaction, then count the server's prepared statements."""
-    with database.transaction(Deadline(5), read_only=True) as tx:
+    with Transaction(database, Deadline(5), read_only=True) as tx:
         for _ in range(10):  # psycopg prepares after 5 runs when its threshold is on
             tx.execute("SELECT %s::int + 1", (1,))
         row = tx.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
@@ -155,10 +155,10 @@ def test_prepared_statements_turned_off_never_prepare_on_the_server(database_url
 
 def test_a_statement_past_the_deadline_is_cancelled_and_the_connection_comes_back_clean(database: Database, db):
     started = time.monotonic()
-    with pytest.raises(DeadlineExceeded), database.transaction(Deadline(0.2)) as tx:
+    with pytest.raises(DeadlineExceeded), Transaction(database, Deadline(0.2)) as tx:
         tx.execute("SELECT pg_sleep(2)")  # QueryCanceled, translated by tx.execute itself
     assert time.monotonic() - started < 0.2 + GRACE_SECONDS  # Postgres cancelled it, not the watchdog
-    with database.transaction(Deadline(5)) as tx:
+    with Transaction(database, Deadline(5)) as tx:
         assert tx.execute("SELECT 1").fetchone() == (1,)
     states = {state for _, state in app_sessions(db)}
     assert "idle in transaction" not in states and "idle in transaction (aborted)" not in states
@@ -167,7 +167,7 @@ def test_a_statement_past_the_deadline_is_cancelled_and_the_connection_comes_bac
 
 def test_a_transaction_that_runs_no_statement_takes_no_connection(database: Database):
     before = database.pool.get_stats().get("requests_num", 0)
-    with database.transaction(Deadline(5)) as tx:
+    with Transaction(database, Deadline(5)) as tx:
         tx.commit()  # a cache hit: nothing to run, nothing to commit
     assert database.pool.get_stats().get("requests_num", 0) == before
 
@@ -176,7 +176,7 @@ def test_an_expired_deadline_never_reaches_the_database(database: Database):
     deadline = Deadline(0.0001)
     time.sleep(0.01)
     before = database.pool.get_stats().get("requests_num", 0)
-    with pytest.raises(DeadlineExceeded), database.transaction(deadline) as tx:
+    with pytest.raises(DeadlineExceeded), Transaction(database, deadline) as tx:
         tx.execute("SELECT 1")
     assert database.pool.get_stats().get("requests_num", 0) == before  # no checkout was attempted
 
@@ -186,7 +186,7 @@ def test_an_unreachable_database_is_unavailable_within_the_checkout_timeout():
     database.open()
     started = time.monotonic()
     try:
-        with pytest.raises(Unavailable), database.transaction(Deadline(5)) as tx:
+        with pytest.raises(Unavailable), Transaction(database, Deadline(5)) as tx:
             tx.execute("SELECT 1")
     finally:
         database.close(timeout=1)
@@ -194,10 +194,10 @@ def test_an_unreachable_database_is_unavailable_within_the_checkout_timeout():
 
 
 def test_connections_return_to_the_pool_idle_after_commit_and_rollback(database: Database, db):
-    with database.transaction(Deadline(5)) as tx:
+    with Transaction(database, Deadline(5)) as tx:
         tx.execute("SELECT 1")
         tx.commit()
-    with pytest.raises(ValueError), database.transaction(Deadline(5)) as tx:
+    with pytest.raises(ValueError), Transaction(database, Deadline(5)) as tx:
         tx.execute("SELECT 1")
         raise ValueError
     states = [state for _, state in app_sessions(db)]
@@ -206,7 +206,7 @@ def test_connections_return_to_the_pool_idle_after_commit_and_rollback(database:
 
 
 def test_a_connection_lost_under_commit_is_unavailable_not_a_500(database: Database, db):
-    with pytest.raises(Unavailable), database.transaction(Deadline(5)) as tx:
+    with pytest.raises(Unavailable), Transaction(database, Deadline(5)) as tx:
         tx.execute(INSERT_ANN)
         pid = one_row(tx, "SELECT pg_backend_pid()")[0]
         # Another session kills ours, as a Postgres restart would, just before COMMIT.
@@ -216,11 +216,11 @@ def test_a_connection_lost_under_commit_is_unavailable_not_a_500(database: Datab
 
 
 def test_a_pooled_connection_that_died_is_replaced_before_the_transaction_starts(database: Database, db):
-    with database.transaction(Deadline(5)) as tx:
+    with Transaction(database, Deadline(5)) as tx:
         dead_pid = one_row(tx, "SELECT pg_backend_pid()")[0]
     # As a Postgres restart would: the pool still holds the connection, its server is gone.
     db.execute("SELECT pg_terminate_backend(%s)", (dead_pid,))
-    with database.transaction(Deadline(5)) as tx:
+    with Transaction(database, Deadline(5)) as tx:
         pid, timeout = one_row(tx, "SELECT pg_backend_pid(), current_setting('statement_timeout')")
     assert pid != dead_pid
     assert timeout != "0"  # BEGIN; SET LOCAL ran on the fresh connection: the transaction is whole
@@ -228,15 +228,15 @@ def test_a_pooled_connection_that_died_is_replaced_before_the_transaction_starts
 
 
 def test_a_read_only_transaction_refuses_writes(database: Database, db):
-    with database.transaction(Deadline(5), read_only=True) as tx:
+    with Transaction(database, Deadline(5), read_only=True) as tx:
         assert tx.execute("SELECT count(*) FROM users").fetchone() == (0,)
         tx.commit()
     refused = pytest.raises(psycopg.errors.ReadOnlySqlTransaction)
-    with refused, database.transaction(Deadline(5), read_only=True) as tx:
+    with refused, Transaction(database, Deadline(5), read_only=True) as tx:
         tx.execute(INSERT_ANN)
     assert count_users(db) == 0
     # The connection came back idle and read-write: the next transaction may write.
-    with database.transaction(Deadline(5)) as tx:
+    with Transaction(database, Deadline(5)) as tx:
         tx.execute(INSERT_ANN)
         tx.commit()
     assert count_users(db) == 1
@@ -287,11 +287,11 @@ def cut_off(database: Database, where: str) -> tuple[int, float]:
     DeadlineExceeded came out of it.
     """
     if where == "at BEGIN":
-        with database.transaction(Deadline(5)) as tx:
+        with Transaction(database, Deadline(5)) as tx:
             backend = one_row(tx, BACKEND)  # the connection goes back to the pool, idle
     with contextlib.ExitStack() as resume_afterwards:
         started = time.monotonic()
-        with pytest.raises(DeadlineExceeded), database.transaction(Deadline(SILENT_DEADLINE)) as tx:
+        with pytest.raises(DeadlineExceeded), Transaction(database, Deadline(SILENT_DEADLINE)) as tx:
             if where == "mid-transaction":
                 backend = one_row(tx, BACKEND)
             resume_afterwards.enter_context(silenced(backend))
@@ -317,7 +317,7 @@ def test_a_silent_server_is_cut_off_at_the_deadline_and_its_connection_is_never_
         # Not before deadline + grace (Postgres gets its chance to answer first), and not much after.
         assert SILENT_DEADLINE + GRACE_SECONDS * 0.8 <= elapsed < SILENT_DEADLINE + GRACE_SECONDS + 0.5
         assert database.pool.get_stats().get("returns_bad", 0) == 1  # the pool discarded it
-        with database.transaction(Deadline(5)) as tx:
+        with Transaction(database, Deadline(5)) as tx:
             assert one_row(tx, "SELECT pg_backend_pid()")[0] != pid
         wait_until_gone(db, pid)  # resumed, the backend finds its client gone and exits
     finally:
@@ -341,13 +341,13 @@ def test_a_silent_server_opens_the_breaker_until_reset_after_then_a_trial_closes
         cut_at = time.monotonic()
         assert database.breaker.state == OPEN
         # Open: the next request fails at once instead of waiting out its deadline on a dead server.
-        with pytest.raises(Unavailable), database.transaction(Deadline(5)) as tx:
+        with pytest.raises(Unavailable), Transaction(database, Deadline(5)) as tx:
             tx.execute("SELECT 1")
         assert time.monotonic() - cut_at < 0.1 < database.checkout_timeout
         # After reset_after the first request is the trial; the server answers, so the circuit closes.
         while True:
             try:
-                with database.transaction(Deadline(5)) as tx:
+                with Transaction(database, Deadline(5)) as tx:
                     assert tx.execute("SELECT 1").fetchone() == (1,)
                 break
             except Unavailable:
@@ -367,12 +367,12 @@ def test_a_trial_that_cannot_get_a_connection_keeps_the_breaker_open_while_a_bus
                            breaker=breaker)
     unreachable.open()
     try:
-        with pytest.raises(Unavailable), unreachable.transaction(Deadline(5)) as tx:
+        with pytest.raises(Unavailable), Transaction(unreachable, Deadline(5)) as tx:
             tx.execute("SELECT 1")
         assert breaker.state == CLOSED  # closed: a checkout that timed out may just be load
         breaker.record_failure()  # as the watchdog does when it cuts a silent connection
         time.sleep(0.25)
-        with pytest.raises(Unavailable), unreachable.transaction(Deadline(5)) as tx:
+        with pytest.raises(Unavailable), Transaction(unreachable, Deadline(5)) as tx:
             tx.execute("SELECT 1")  # the trial: still no connection within DB_POOL_TIMEOUT
         assert breaker.state == OPEN
     finally:
@@ -380,7 +380,7 @@ def test_a_trial_that_cannot_get_a_connection_keeps_the_breaker_open_while_a_bus
 
 
 def test_a_statement_after_commit_is_refused_instead_of_running_outside_the_transaction(database: Database, db):
-    with database.transaction(Deadline(5)) as tx:
+    with Transaction(database, Deadline(5)) as tx:
         tx.execute("INSERT INTO users (name, email) VALUES ('Ann', 'ann@example.org')")
         tx.commit()
         with pytest.raises(RuntimeError, match="after commit"):

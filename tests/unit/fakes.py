@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from webapp.errors import EmailTaken, TransientDatabaseError
-from webapp.models import Order, OrderItem, Page, Product, User
+from webapp.domain.errors import EmailTaken, TransientDatabaseError
+from webapp.domain.models import Order, OrderItem, Page, Product, User
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -30,8 +30,14 @@ class FakeState:
 
 
 class FakeTransaction:
-    def __init__(self, state: FakeState):
-        self.state = state
+    """What `uow.begin()` yields: the unit of work's fake repositories as attributes, and commit()."""
+
+    def __init__(self, uow: FakeUnitOfWork):
+        self.state = uow.state
+        self.users = uow.users
+        self.products = uow.products
+        self.orders = uow.orders
+        self.idempotency_keys = uow.idempotency_keys
         self.committed = False
 
     def commit(self) -> None:
@@ -42,14 +48,19 @@ class FakeTransaction:
 class FakeUnitOfWork:
     """`with uow.begin() as tx`: a snapshot of the state, restored unless tx.commit() was called."""
 
-    def __init__(self, state: FakeState):
+    def __init__(self, state: FakeState, *, users: FakeUsers | None = None, products: FakeProducts | None = None,
+                 orders: FakeOrders | None = None, idempotency_keys: FakeKeys | None = None):
         self.state = state
+        self.users = users or FakeUsers(state)
+        self.products = products or FakeProducts(state)
+        self.orders = orders or FakeOrders(state)
+        self.idempotency_keys = idempotency_keys or FakeKeys(state)
 
     @contextmanager
     def begin(self, *, read_only: bool = False) -> Iterator[FakeTransaction]:
         self.state.events.append("begin read-only" if read_only else "begin")
         snapshot = copy.deepcopy({k: v for k, v in vars(self.state).items() if k != "events"})
-        tx = FakeTransaction(self.state)
+        tx = FakeTransaction(self)
         try:
             yield tx
         finally:

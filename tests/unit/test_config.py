@@ -7,14 +7,14 @@ import dataclasses
 import click
 import pytest
 
-from webapp.config import ConfigError, config_variables, load_config, mask_url
+from webapp.settings import ConfigError, config_variables, load_config, mask_url
 
 URL = "postgresql://app:s3cret-pw@db.internal:5432/shop"
 
 
 def test_defaults_fill_everything_but_the_database_url():
     config = load_config({"DATABASE_URL": URL})
-    assert config.port == 8000
+    assert config.request_timeout == 10.0
     assert config.request_timeout == 10.0
     assert config.log_level == "info"
     assert config.redis_url is None
@@ -31,16 +31,16 @@ def test_missing_url_and_negative_timeout_are_reported_together():
 
 def test_every_invalid_field_is_named_in_one_error():
     with pytest.raises(ConfigError) as caught:
-        load_config({"DATABASE_URL": "mysql://u:pw@h/db", "PORT": "http", "LOG_LEVEL": "loud",
+        load_config({"DATABASE_URL": "mysql://u:pw@h/db", "CACHE_TTL": "http", "LOG_LEVEL": "loud",
                      "DB_POOL_MAX": "0", "REDIS_URL": "http://cache", "HEALTH_TIMEOUT": "5"})
     assert set(caught.value.problems) == {
-        "DATABASE_URL", "PORT", "LOG_LEVEL", "DB_POOL_MAX", "REDIS_URL", "HEALTH_TIMEOUT",
+        "DATABASE_URL", "CACHE_TTL", "LOG_LEVEL", "DB_POOL_MAX", "REDIS_URL", "HEALTH_TIMEOUT",
     }
 
 
 def test_error_messages_never_contain_the_password():
     with pytest.raises(ConfigError) as caught:
-        load_config({"DATABASE_URL": "mysql://app:s3cret-pw@h/db", "PORT": "x"})
+        load_config({"DATABASE_URL": "mysql://app:s3cret-pw@h/db", "CACHE_TTL": "x"})
     assert "s3cret-pw" not in str(caught.value)
 
 
@@ -65,7 +65,7 @@ def test_pool_min_above_max_is_rejected():
 def test_config_is_frozen():
     config = load_config({"DATABASE_URL": URL})
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.port = 1  # type: ignore[misc]
+        config.request_timeout = 1  # type: ignore[misc]
 
 
 def test_repr_masks_database_and_redis_passwords_and_the_metrics_token():
@@ -78,8 +78,8 @@ def test_repr_masks_database_and_redis_passwords_and_the_metrics_token():
 
 
 def test_load_config_reads_only_the_mapping_it_is_given(monkeypatch):
-    monkeypatch.setenv("PORT", "9999")
-    assert load_config({"DATABASE_URL": URL}).port == 8000
+    monkeypatch.setenv("REQUEST_TIMEOUT", "99")
+    assert load_config({"DATABASE_URL": URL}).request_timeout == 10.0
 
 
 @pytest.mark.parametrize(
@@ -107,7 +107,7 @@ def test_a_url_libpq_cannot_parse_is_a_config_error_that_never_shows_the_passwor
 
 def test_the_error_is_one_line_and_what_the_flask_cli_prints_without_a_traceback():
     with pytest.raises(ConfigError) as caught:
-        load_config({"PORT": "http"})
+        load_config({"REQUEST_TIMEOUT": "http"})
     assert "\n" not in str(caught.value)
     assert str(caught.value).startswith("invalid configuration: DATABASE_URL: ")
     assert isinstance(caught.value, click.ClickException)  # click prints "Error: <message>", exit 1
@@ -123,7 +123,7 @@ def test_log_format_is_json_unless_console_is_asked_for():
 
 def test_config_variables_names_every_variable_load_config_reads():
     names = config_variables()
-    assert names[:2] == ["DATABASE_URL", "PORT"]
+    assert names[:2] == ["DATABASE_URL", "LOG_LEVEL"]
     assert {"LOG_FORMAT", "REDIS_URL", "IDEMPOTENCY_RETENTION_HOURS"} <= set(names)
 
 

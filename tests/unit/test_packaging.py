@@ -9,8 +9,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from webapp.__main__ import SERVER_VARIABLES
-from webapp.config import config_variables
+from webapp.cli import SERVER_VARIABLES
+from webapp.settings import config_variables
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -48,7 +48,7 @@ def test_requirements_txt_pins_every_dependency_inside_setup_cfgs_ranges_then_th
 def test_the_procfile_runs_migrations_in_the_release_phase_and_gunicorn_with_our_settings():
     lines = dict(line.split(": ", 1) for line in listed((PROJECT_DIR / "Procfile").read_text()))
     assert lines["release"] == "webapp migrate"
-    assert lines["web"].startswith("gunicorn -c python:webapp.gunicorn_settings ")
+    assert lines["web"].startswith("gunicorn -c python:webapp.gunicorn.settings ")
 
 
 def test_python_version_is_one_setup_cfg_accepts():

@@ -6,8 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 
-from webapp.resilience import Deadline
-from webapp.retry import RetryError, retry_with_backoff
+from webapp.resilience import Deadline, RetryError, retry_with_backoff
 
 
 class FakeClock:

@@ -7,8 +7,8 @@ from pathlib import Path
 import prometheus_client.values
 import pytest
 
-from webapp.config import ConfigError
-from webapp.serving import cgroup_cpu_quota, load_server_settings, stop_window_problems, usable_cpus
+from webapp.gunicorn.server_settings import cgroup_cpu_quota, load_server_settings, stop_window_problems, usable_cpus
+from webapp.settings import ConfigError
 
 
 def fake_root(tmp_path: Path, proc_self_cgroup: str, files: dict[str, str]) -> Path:
@@ -108,7 +108,7 @@ def test_the_stop_window_is_checked_at_startup(timeout: int, graceful: int, drai
 
 
 def test_prometheus_client_still_chooses_its_storage_from_the_variable_when_asked_again(monkeypatch, tmp_path):
-    # webapp.gunicorn_settings relies on this (an undocumented module attribute): if an upgrade
+    # webapp.gunicorn.settings relies on this (an undocumented module attribute): if an upgrade
     # breaks it, /metrics silently counts one worker only, so fail here, loudly.
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.delenv("prometheus_multiproc_dir", raising=False)

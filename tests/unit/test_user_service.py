@@ -5,17 +5,18 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.fakes import FakeCache, FakeOrders, FakeState, FakeUnitOfWork, FakeUsers
-from webapp.cache import NoCache
-from webapp.errors import NotFound
-from webapp.models import OrderItem
-from webapp.services import UserService
+from webapp.cache.users import NoCache
+from webapp.domain.errors import NotFound
+from webapp.domain.models import OrderItem
+from webapp.services.users import UserService
 
 
 def build(with_cache: bool = True):
     state = FakeState()
     users, orders = FakeUsers(state), FakeOrders(state)
     cache = FakeCache(state) if with_cache else NoCache()
-    return UserService(FakeUnitOfWork(state), users, orders, cache), state, users, orders, cache
+    uow = FakeUnitOfWork(state, users=users, orders=orders)
+    return UserService(uow, cache), state, users, orders, cache
 
 
 def test_registering_evicts_the_cached_user_only_after_the_commit():

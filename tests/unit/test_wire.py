@@ -1,4 +1,4 @@
-"""webapp.wire without sockets: which answer each rejection gets, and the bytes of that answer."""
+"""webapp.gunicorn.wire without sockets: which answer each rejection gets, and the bytes of that answer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 from gunicorn.http import errors as gunicorn_errors
 
-from webapp import wire
+from webapp.gunicorn import wire
+from webapp.web.pipeline import request_id_factory
 
 
 @pytest.mark.parametrize("exc, status, code", [
@@ -46,6 +47,7 @@ def test_the_error_bytes_are_one_http_response_in_the_services_error_shape():
 
 @pytest.mark.parametrize("sent, kept", [("abc-123", True), ("bad id\r\nX-Evil: 1", False), ("x" * 200, False)])
 def test_a_sane_request_id_is_kept_an_insane_one_replaced(sent: str, kept: bool):
-    rid = wire.request_id(SimpleNamespace(headers=[("X-REQUEST-ID", sent)]))
+    new_id = request_id_factory()
+    rid = wire.request_id(SimpleNamespace(headers=[("X-REQUEST-ID", sent)]), new_id)
     assert (rid == sent) is kept
-    assert wire.request_id(None) != wire.request_id(None)  # a request line that never parsed: a new id each
+    assert wire.request_id(None, new_id) != wire.request_id(None, new_id)  # a request line that never parsed

@@ -6,7 +6,7 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-from webapp.errors import DomainError
+from webapp.domain.errors import DomainError
 from webapp.services.ports import Check
 
 log = logging.getLogger(__name__)

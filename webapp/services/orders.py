@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from webapp.errors import (
+from webapp.domain.errors import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     InsufficientStock,
@@ -15,10 +15,9 @@ from webapp.errors import (
     TransientDatabaseError,
     ValidationFailed,
 )
-from webapp.models import Order, OrderItem, OrderLine, Product
-from webapp.resilience import Deadline
-from webapp.retry import RetryError, retry_with_backoff
-from webapp.services.ports import IdempotencyStore, OrderStore, ProductStore, UnitOfWork, UserStore
+from webapp.domain.models import Order, OrderItem, OrderLine, Product
+from webapp.resilience import Deadline, RetryError, retry_with_backoff
+from webapp.services.ports import Transaction, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +36,12 @@ class OrderService:
     def __init__(
         self,
         uow: UnitOfWork,
-        users: UserStore,
-        products: ProductStore,
-        orders: OrderStore,
-        keys: IdempotencyStore,
         *,
         deadline: Callable[[], Deadline | None] = lambda: None,
         retention_hours: int = 24,
         attempts: int = 3,
     ):
         self._uow = uow
-        self._users = users
-        self._products = products
-        self._orders = orders
-        self._keys = keys
         self._deadline = deadline
         self._retention_hours = retention_hours
         self._attempts = attempts
@@ -75,8 +66,8 @@ class OrderService:
 
     def get(self, order_id: int) -> Order:
         """Return the order; NotFound otherwise."""
-        with self._uow.begin(read_only=True):
-            order = self._orders.get(order_id)
+        with self._uow.begin(read_only=True) as tx:
+            order = tx.orders.get(order_id)
         if order is None:
             raise NotFound(f"order {order_id} not found")
         return order
@@ -87,22 +78,22 @@ class OrderService:
         # One attempt, one transaction: any exception leaves the `with` and rolls all of it back.
         with self._uow.begin() as tx:
             if key is not None:
-                replay = self._replay(user_id, key, request_hash)
+                replay = self._replay(tx, user_id, key, request_hash)
                 if replay is not None:
                     return replay
-            if not self._users.exists(user_id):
+            if not tx.users.exists(user_id):
                 raise ValidationFailed("unknown user", fields={"user_id": f"no user with id {user_id}"})
-            products = self._products.lock_many(sorted(line.product_id for line in lines))
+            products = tx.products.lock_many(sorted(line.product_id for line in lines))
             self._check_lines(lines, products)
-            self._products.decrement_stock({line.product_id: line.quantity for line in lines})
+            tx.products.decrement_stock({line.product_id: line.quantity for line in lines})
             items = [
                 OrderItem(line.product_id, line.quantity, products[line.product_id].price_cents)
                 for line in sorted(lines, key=lambda line: line.product_id)  # the order GET returns them in
             ]
-            order = self._orders.add(user_id, items)
+            order = tx.orders.add(user_id, items)
             if key is not None:
                 # Same transaction as the order: the key is stored if and only if the order is.
-                self._keys.save(user_id, key, request_hash, order.id)
+                tx.idempotency_keys.save(user_id, key, request_hash, order.id)
             tx.commit()
         return PlacedOrder(order, replayed=False)
 
@@ -121,10 +112,11 @@ class OrderService:
             if stock < line.quantity:
                 raise InsufficientStock(line.product_id, stock, line.quantity, field=f"items.{i}.quantity")
 
-    def _replay(self, user_id: int, key: str, request_hash: str) -> PlacedOrder | None:
-        if not self._keys.try_claim(user_id, key):
+    def _replay(self, tx: Transaction, user_id: int, key: str, request_hash: str) -> PlacedOrder | None:
+        """The order this user's key already placed (a replay), None for a new key; 409 while in flight, 422 reused."""
+        if not tx.idempotency_keys.try_claim(user_id, key):
             raise IdempotencyKeyInFlight("a request with this Idempotency-Key is in progress; retry later")
-        stored = self._keys.find(user_id, key, self._retention_hours)
+        stored = tx.idempotency_keys.find(user_id, key, self._retention_hours)
         if stored is None:
             return None
         stored_hash, order_id = stored
@@ -133,7 +125,7 @@ class OrderService:
                 "this Idempotency-Key was used with a different request body",
                 fields={"Idempotency-Key": "reused with a different body"},
             )
-        order = self._orders.get(order_id)
+        order = tx.orders.get(order_id)
         if order is None:  # the foreign key forbids it; say so loudly rather than place a second order
             raise RuntimeError(f"idempotency key refers to missing order {order_id}")
         return PlacedOrder(order, replayed=True)

@@ -1,5 +1,5 @@
-"""What services need from the outside world, as Protocols: the Postgres repositories and unit of
-work, and the in-memory fakes of the unit tests, both fit them."""
+"""What services need from the outside world, as Protocols: the Postgres unit of work (with its
+repositories) and the in-memory fakes of the unit tests both fit them."""
 
 from __future__ import annotations
 
@@ -7,19 +7,9 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from webapp.models import Order, OrderItem, Page, Product, User
+from webapp.domain.models import Order, OrderItem, Page, Product, User
 
 Check = Callable[[float], None]  # a health check: raises when the dependency is unwell; gets its timeout in s
-
-
-class Transaction(Protocol):
-    def commit(self) -> None:
-        """Make the transaction's work durable; raises if COMMIT did not happen."""
-
-
-class UnitOfWork(Protocol):
-    def begin(self, *, read_only: bool = False) -> AbstractContextManager[Transaction]:
-        """Open a transaction: `with uow.begin() as tx: ...; tx.commit()`; without commit() it rolls back."""
 
 
 class UserStore(Protocol):
@@ -59,3 +49,23 @@ class IdempotencyStore(Protocol):
     def find(self, user_id: int, key: str, retention_hours: int) -> tuple[str, int] | None: ...
     def save(self, user_id: int, key: str, request_hash: str, order_id: int) -> None: ...
 
+
+class Transaction(Protocol):
+    """One transaction and the repositories that run their SQL in it."""
+
+    @property
+    def users(self) -> UserStore: ...
+    @property
+    def products(self) -> ProductStore: ...
+    @property
+    def orders(self) -> OrderStore: ...
+    @property
+    def idempotency_keys(self) -> IdempotencyStore: ...
+
+    def commit(self) -> None:
+        """Make the transaction's work durable; raises if COMMIT did not happen."""
+
+
+class UnitOfWork(Protocol):
+    def begin(self, *, read_only: bool = False) -> AbstractContextManager[Transaction]:
+        """Open a transaction: `with uow.begin() as tx: ...; tx.commit()`; without commit() it rolls back."""

@@ -1,0 +1,132 @@
+"""create_app: the composition root. Read it top to bottom to see the whole dependency graph."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from flask import Flask
+
+from webapp.cache.users import cache_from_config
+from webapp.observability.logs import configure_logging
+from webapp.observability.metrics import Metrics
+from webapp.postgres.database import Database, database_breaker
+from webapp.postgres.unit_of_work import UnitOfWork
+from webapp.services.catalogue import ProductService
+from webapp.services.health import HealthService
+from webapp.services.orders import OrderService
+from webapp.services.ports import UserCache
+from webapp.services.users import UserService
+from webapp.settings import GUNICORN_SETTINGS_MARKER, Config, load_config
+from webapp.web import pipeline
+from webapp.web.blueprints.health import health_blueprint
+from webapp.web.blueprints.meta import meta_blueprint
+from webapp.web.blueprints.metrics import metrics_blueprint
+from webapp.web.blueprints.orders import orders_blueprint
+from webapp.web.blueprints.products import products_blueprint
+from webapp.web.blueprints.users import users_blueprint
+from webapp.web.errors import errors_to_http
+from webapp.web.parsing import IdConverter
+from webapp.web.rendering import OrjsonProvider
+
+
+def create_app(
+    config: Config | None = None,
+    *,
+    database: Database | None = None,
+    cache: UserCache | None = None,
+    metrics: Metrics | None = None,
+) -> Flask:
+    """Build the app: every dependency is made here and handed down (tests may pass their own).
+
+    Gunicorn calls this in each worker after fork (no preload_app), so nothing here waits on
+    the network: the pool connects in the background, the cache on first use.
+    """
+    # 1. Configuration: validated once, then frozen. Logging and metrics before anything logs.
+    config = config or load_config()
+    configure_logging(config.log_level, log_format=config.log_format)
+    warn_if_served_without_settings(os.environ)
+    metrics = metrics or Metrics(config.metrics_multiproc_dir)
+
+    # 2. Infrastructure: the Postgres pool (its breaker fails fast while Postgres is silent or
+    #    gone), and the optional Redis cache behind a breaker of its own.
+    database = database or Database(
+        config.database_url,
+        min_size=config.db_pool_min,
+        max_size=config.db_pool_max,
+        timeout=config.db_pool_timeout,
+        max_waiting=config.db_pool_max_waiting,
+        prepared_statements=config.db_prepared_statements,
+        breaker=database_breaker(reset_after=config.db_breaker_reset_after, on_transition=metrics.breaker_moved),
+        trial_timeout=config.health_timeout,  # a breaker's trial waits no longer than a readiness check
+    )
+    database.open()
+    metrics.watch_pool(database.stats)
+    cache = cache or cache_from_config(config, on_breaker_transition=metrics.breaker_moved)
+
+    # 3. The unit of work: each transaction bounded by the deadline of the request in flight,
+    #    its repositories as attributes (`with uow.begin() as tx: tx.users.get(...)`).
+    uow = UnitOfWork(database, deadline=pipeline.current_deadline)
+
+    # 4. Services: business rules, given exactly what they use.
+    user_service = UserService(uow, cache)
+    product_service = ProductService(uow)
+    order_service = OrderService(
+        uow, deadline=pipeline.current_deadline, retention_hours=config.idempotency_retention_hours,
+    )
+    health = HealthService(
+        required={"database": uow.ping}, optional={"cache": cache.health_check}, timeout=config.health_timeout,
+    )
+
+    # 5. The Flask app and its request pipeline, outermost step first.
+    app = pipeline.PipelineFlask("webapp")
+    app.json = OrjsonProvider(app)  # Flask's documented slot for the JSON provider
+    # Flask refuses a body over this with 413 before reading a byte of it (a chunked one as it
+    # grows); under gunicorn the worker has already refused it (webapp/gunicorn/wire.py).
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.url_map.converters["id"] = IdConverter
+    app.use(
+        pipeline.request_id(),
+        pipeline.deadline(config.request_timeout),
+        pipeline.log_and_measure(metrics, logging.getLogger("webapp.http")),
+        errors_to_http,
+    )
+
+    # 6. Blueprints, each handed its service: parse, call, render.
+    app.register_blueprint(health_blueprint(health))
+    app.register_blueprint(metrics_blueprint(metrics, config.metrics_token))
+    app.register_blueprint(meta_blueprint())
+    app.register_blueprint(users_blueprint(user_service))
+    app.register_blueprint(products_blueprint(product_service))
+    app.register_blueprint(orders_blueprint(order_service))
+
+    # For gunicorn's hooks (close the pool on exit, readiness 503 on SIGTERM) and for tests.
+    app.extensions["webapp"] = {"config": config, "database": database, "health": health, "metrics": metrics}
+    logging.getLogger(__name__).info("app created", extra={"cache": config.redis_url is not None})
+    return app
+
+
+def warn_if_served_without_settings(environ: Mapping[str, str]) -> None:
+    """Log one WARNING when gunicorn serves the app without webapp.gunicorn.settings (a bare `gunicorn app`).
+
+    gunicorn's Arbiter sets SERVER_SOFTWARE=gunicorn/<version> in its environment, which its
+    workers inherit; our settings module sets GUNICORN_SETTINGS_MARKER. Without our settings the
+    server still answers, so nothing else would tell the operator what it silently lacks.
+    """
+    if not environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/") or GUNICORN_SETTINGS_MARKER in environ:
+        return
+    logging.getLogger("webapp.serving").warning(
+        "gunicorn is serving webapp without webapp.gunicorn.settings: start it with `webapp serve`, "
+        "or `gunicorn -c python:webapp.gunicorn.settings 'webapp:create_app()'`, "
+        "or set GUNICORN_CMD_ARGS='-c python:webapp.gunicorn.settings'",
+        extra={"missing": [
+            "draining worker (graceful SIGTERM and SIGINT, /readyz 503 while stopping)",
+            "JSON lines for gunicorn's own messages",
+            "/metrics summed over all workers",
+            "request timeout 15 s (stock: 30 s)",
+            "no control socket",
+            "configuration check before the workers fork",
+            "worker count from the CPU quota",
+        ]},
+    )

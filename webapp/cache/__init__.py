@@ -1,0 +1,1 @@
+"""The optional Redis user cache, behind a breaker of its own."""

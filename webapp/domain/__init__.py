@@ -1,0 +1,1 @@
+"""The domain: its nouns (models) and what can go wrong (errors). Plain values, no I/O."""
