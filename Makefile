@@ -31,6 +31,7 @@ RUFF := $(VENV)/bin/ruff check --line-length 120 --target-version py311 --select
 lint: install
 	$(RUFF) webapp tests bench gunicorn.conf.py
 	$(VENV)/bin/mypy webapp tests bench
+	$(VENV)/bin/squawk sql/*.sql
 
 # Benchmarks and the fault suite need wrk; install it from Debian's packages when missing.
 /usr/bin/wrk:

@@ -3,6 +3,7 @@
 CREATE TABLE idempotency_keys (
     key           text        PRIMARY KEY CHECK (length(key) BETWEEN 1 AND 255),
     request_hash  text        NOT NULL,
+    -- squawk-ignore prefer-bigint-over-smallint -- why: an HTTP status code, 100-599
     status_code   smallint    NOT NULL,
     response      jsonb       NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now()
