@@ -46,7 +46,7 @@ MODIFIERS = r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)"
 def dashboard_expressions() -> list[str]:
     """Every query in the dashboard: panel targets (rows' nested panels too) and template variables."""
     dashboard = json.loads(DASHBOARD.read_text())
-    found = []
+    found: list[str] = []
 
     def walk(panels: list[dict[str, Any]]) -> None:
         for panel in panels:
@@ -66,7 +66,8 @@ def dashboard_expressions() -> list[str]:
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    return [rule for group in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"] for rule in group["rules"]]
+    groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
 
 
 def _plain(expr: str) -> str:
@@ -103,7 +104,8 @@ def selectors(expr: str) -> list[tuple[str, list[tuple[str, str, str]]]]:
 
 def grouping_labels(expr: str) -> set[str]:
     """Labels named in by (...), without (...), on (...) and ignoring (...) clauses."""
-    return {label.strip() for group in re.findall(MODIFIERS, _plain(expr)) for label in group.split(",") if label.strip()}
+    lists = re.findall(MODIFIERS, _plain(expr))
+    return {label.strip() for labels in lists for label in labels.split(",") if label.strip()}
 
 
 def test_the_expression_reader_finds_metric_names_and_skips_functions_labels_and_variables():
@@ -184,7 +186,8 @@ def test_every_label_the_queries_match_or_group_on_is_one_the_metrics_carry(expo
                 if label not in labels:
                     problems.append(f"{where}: {name} has no label {label!r}")
                 elif operator == "=" and "$" not in value and value not in labels[label]:
-                    problems.append(f"{where}: {name}{{{label}={value!r}}} matches nothing; seen {sorted(labels[label])}")
+                    seen = sorted(labels[label])
+                    problems.append(f"{where}: {name}{{{label}={value!r}}} matches nothing; exported: {seen}")
     assert not problems, "\n".join(problems)
 
 
