@@ -66,3 +66,22 @@ cluster: install /usr/sbin/pgbouncer /usr/sbin/nginx
 
 clean:
 	rm -rf $(VENV) .pgdata .pytest_cache .mypy_cache .ruff_cache
+
+# Alert rules and the example Prometheus config (deploy/prometheus/), checked and unit-tested by
+# promtool. Debian's `prometheus` package ships promtool; when it is not on PATH, the package is
+# unpacked into .cache/ (dpkg -x: no daemon installed or started). Added to `lint` here.
+.PHONY: lint-observability
+lint: lint-observability
+PROMTOOL := $(or $(shell command -v promtool),.cache/bin/promtool)
+.cache/bin/promtool:
+	mkdir -p .cache/promtool .cache/bin
+	cd .cache/promtool && rm -f prometheus_*.deb && \
+	  { apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; }; } && \
+	  dpkg -x prometheus_*.deb root && rm -f prometheus_*.deb
+	ln -sf ../promtool/root/usr/bin/promtool $@
+	$@ --version | head -1
+
+lint-observability: $(PROMTOOL)
+	$(PROMTOOL) check rules deploy/prometheus/alerts.yml
+	$(PROMTOOL) check config deploy/prometheus/prometheus.yml
+	$(PROMTOOL) test rules deploy/prometheus/alerts_test.yml
