@@ -22,8 +22,10 @@ install: $(VENV)/.installed
 run: install
 	LOG_FORMAT=$${LOG_FORMAT:-console} exec $(PY) -m webapp dev
 
+# PYTEST_ARGS: which tests and options, e.g. make test PYTEST_ARGS='tests/unit -x' (default: all of them).
+PYTEST_ARGS ?=
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # ruff's settings live here, not in pyproject.toml (which only names the build backend).
 RUFF := $(VENV)/bin/ruff check --line-length 120 --target-version py311 --select E,F,W,I,B,UP,SIM

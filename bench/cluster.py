@@ -35,14 +35,11 @@ class Cluster:
         self, server_database_url: str, log_dir: Path, *, instances: int = 3, workers: int = 2,
         env: dict[str, str] | None = None, pool_size: int = 10, port: int | None = None,
     ):
-        params = conninfo_to_dict(server_database_url)
-        self.pgbouncer = PgBouncer(
-            str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432),
-            user=str(params.get("user") or "postgres"), password=str(params.get("password") or ""),
-            pool_size=pool_size,
-        )
+        # TCP or an embedded Postgres' private unix socket: in_front_of picks the user that can reach it.
+        self.pgbouncer = PgBouncer.in_front_of(server_database_url, pool_size=pool_size)
         # What each instance's DATABASE_URL is: PgBouncer, never Postgres itself.
-        self.database_url = self.pgbouncer.url(str(params.get("dbname") or "postgres"))
+        self.database = str(conninfo_to_dict(server_database_url).get("dbname") or "postgres")
+        self.database_url = self.pgbouncer.url(self.database)
         self.log_dir, self.workers, self.env = log_dir, workers, env or {}
         # Fixed per instance: nginx's upstream list names these, and a restart binds the same one.
         self.ports = [free_port() for _ in range(instances)]
@@ -62,6 +59,7 @@ class Cluster:
     def start(self) -> Self:
         """Start everything and return once every instance is ready and nginx accepts connections."""
         self.pgbouncer.start()
+        self.pgbouncer.check_reaches(self.database)  # else: instances that never get ready, the cause in its log
         self.instances = [self._instance(i).start() for i in range(len(self.ports))]
         for instance in self.instances:  # they boot in parallel; wait for each in turn
             instance.wait_ready()

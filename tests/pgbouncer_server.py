@@ -10,7 +10,6 @@ skip, visibly, unless REQUIRE_PGBOUNCER=1 (.ci/run sets it, after installing bot
 from __future__ import annotations
 
 import os
-import pwd
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,7 +17,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from bench.pgbouncer import RUN_AS, PgBouncer, pgbouncer_binary
+from bench.pgbouncer import PgBouncer, pgbouncer_binary
 
 # Three server connections for every client of the run: requests really share them, so any
 # session state one request leaves behind is seen by the next one (what production does to us).
@@ -33,14 +32,9 @@ def database_name(url: str) -> str:
 def pgbouncer_for(database_url: str) -> Iterator[PgBouncer]:
     """PgBouncer pointing at the server of database_url (any database name), stopped at the end."""
     require("pgbouncer", pgbouncer_binary())
-    params = conninfo_to_dict(database_url)
-    host = str(params.get("host") or "127.0.0.1")
-    # An embedded Postgres listens on a private unix-socket folder: PgBouncer runs as its owner.
-    owner = pwd.getpwuid(os.stat(host).st_uid).pw_name if host.startswith("/") else RUN_AS
-    with PgBouncer(
-        host, int(params.get("port") or 5432), run_as=owner,
-        user=str(params.get("user") or "postgres"), password=str(params.get("password") or ""), pool_size=POOL_SIZE,
-    ) as bouncer:
+    # An embedded Postgres listens on a private unix-socket folder: in_front_of runs PgBouncer as its owner.
+    with PgBouncer.in_front_of(database_url, pool_size=POOL_SIZE) as bouncer:
+        bouncer.check_reaches(database_name(database_url))
         yield bouncer
 
 
