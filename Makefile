@@ -25,11 +25,10 @@ run: install
 test: install
 	$(PY) -m pytest
 
-# ruff's settings live here, not in pyproject.toml (which only names the build backend).
-RUFF := $(VENV)/bin/ruff check --line-length 120 --target-version py311 --select E,F,W,I,B,UP,SIM
-
+# ruff's and mypy's settings live in pyproject.toml ([tool.ruff], [tool.mypy]): the pre-commit hooks
+# (.pre-commit-config.yaml) and an editor read the same ones.
 lint: install
-	$(RUFF) webapp tests bench gunicorn.conf.py
+	$(VENV)/bin/ruff check webapp tests bench gunicorn.conf.py
 	$(VENV)/bin/mypy webapp tests bench
 
 # Benchmarks and the fault suite need wrk; install it from Debian's packages when missing.
