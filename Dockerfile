@@ -24,8 +24,9 @@ WORKDIR /src
 COPY requirements.txt ./
 RUN sed '/^\.$/d' requirements.txt > /tmp/pins.txt \
     && /opt/venv/bin/pip install --no-deps -r /tmp/pins.txt
-# Then `.`, this package (not editable): what building it reads, README.md being its long_description.
-COPY pyproject.toml setup.cfg README.md ./
+# Then `.`, this package (not editable): what building it reads (README.md: its long_description;
+# LICENSE: into its dist-info).
+COPY pyproject.toml setup.cfg README.md LICENSE ./
 COPY webapp ./webapp
 COPY sql ./sql
 RUN /opt/venv/bin/pip install --no-deps -r requirements.txt \
