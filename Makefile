@@ -27,11 +27,10 @@ PYTEST_ARGS ?=
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# ruff's settings live here, not in pyproject.toml (which only names the build backend).
-RUFF := $(VENV)/bin/ruff check --line-length 120 --target-version py311 --select E,F,W,I,B,UP,SIM
-
+# ruff's and mypy's settings live in pyproject.toml ([tool.ruff], [tool.mypy]): the pre-commit hooks
+# (.pre-commit-config.yaml) and an editor read the same ones.
 lint: install
-	$(RUFF) webapp tests bench gunicorn.conf.py
+	$(VENV)/bin/ruff check webapp tests bench gunicorn.conf.py
 	$(VENV)/bin/mypy webapp tests bench
 	$(VENV)/bin/squawk sql/*.sql
 
