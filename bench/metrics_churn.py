@@ -3,6 +3,7 @@ and after webapp.gunicorn.metrics_files folds them into archives (in a temporary
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -41,8 +42,12 @@ def scrape_ms(folder: Path) -> float:
 
 
 def main(argv: list[str]) -> int:
-    dead = int(argv[0])
-    with tempfile.TemporaryDirectory(dir=argv[1] if len(argv) > 1 else None) as name:
+    p = argparse.ArgumentParser(prog="python -m bench.metrics_churn", description=__doc__)
+    p.add_argument("dead", type=int, help="how many dead workers' metric files to leave")
+    p.add_argument("folder", nargs="?", help="where the temporary folder goes (e.g. /dev/shm; default: the system's)")
+    args = p.parse_args(argv)
+    dead = args.dead
+    with tempfile.TemporaryDirectory(dir=args.folder) as name:
         folder = Path(name)
         for pid in (1, 2):
             a_worker(folder, pid)  # the live workers

@@ -8,6 +8,7 @@ whole headers), reconnecting as soon as they are answered; meanwhile a probe sen
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import socket
 import sys
@@ -43,8 +44,15 @@ def attack(port: int, body: bool, stop: float, answers: dict[str, int], lock: th
 
 
 def main(argv: list[str]) -> int:
-    port, sockets, seconds = int(argv[0]), int(argv[1]), float(argv[2])
-    body = len(argv) > 3 and argv[3] == "body"
+    p = argparse.ArgumentParser(prog="python -m bench.slow_clients", description=(__doc__ or "").split("\n\n", 1)[-1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("port", type=int, help="the server's port on 127.0.0.1")
+    p.add_argument("sockets", type=int, help="slow connections held open at once")
+    p.add_argument("seconds", type=float, help="how long the attack lasts")
+    p.add_argument("part", nargs="?", choices=("header", "body"), default="header",
+                   help="what is sent 1 byte a second: the headers (default) or a 1,000-byte body")
+    args = p.parse_args(argv)
+    port, sockets, seconds, body = args.port, args.sockets, args.seconds, args.part == "body"
     stop = time.monotonic() + seconds
     answers: dict[str, int] = {}
     lock = threading.Lock()
