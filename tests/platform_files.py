@@ -9,7 +9,6 @@ in folders that stand in for the image's (tests/functional/test_dockerfile.py).
 
 from __future__ import annotations
 
-import importlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,39 +73,15 @@ def copy_context(root: Path, into: Path) -> None:
 
 
 def known_variables() -> set[str]:
-    """Every environment variable the service reads: the app's configuration and the server's.
+    """Every environment variable the service reads: the app's configuration and the server's."""
+    from webapp.cli import LOGGING_VARIABLES, SERVER_VARIABLES
+    from webapp.settings import config_variables
 
-    Looked up where the settings live now and where they are moving to (webapp.settings).
-    """
-    names: set[str] = set()
-    for module_name in ("webapp.settings", "webapp.config"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        if hasattr(module, "config_variables"):
-            names.update(module.config_variables())
-            break
-    assert names, "neither webapp.settings nor webapp.config has config_variables()"
-    main = importlib.import_module("webapp.__main__")
-    names.update(getattr(main, "SERVER_VARIABLES", ()))
-    names.update(getattr(main, "LOGGING_VARIABLES", ()))
-    return names
+    return {*config_variables(), *SERVER_VARIABLES, *LOGGING_VARIABLES}
 
 
 def python_version() -> str:
     return (PROJECT_DIR / ".python-version").read_text().strip()
-
-
-def _first(attribute: str, *module_names: str) -> object:
-    for module_name in module_names:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        if hasattr(module, attribute):
-            return getattr(module, attribute)
-    raise AssertionError(f"{attribute} is in none of {module_names}")
 
 
 def read_settings(environ: dict[str, str]) -> tuple[object, object]:
@@ -114,7 +89,7 @@ def read_settings(environ: dict[str, str]) -> tuple[object, object]:
 
     Raises their ConfigError when either refuses it.
     """
-    load_config = _first("load_config", "webapp.settings", "webapp.config")
-    load_server_settings = _first("load_server_settings", "webapp.serving", "webapp.gunicorn.serving",
-                                  "webapp.settings")
-    return load_config(environ), load_server_settings(environ, cpus=2)  # type: ignore[operator]
+    from webapp.gunicorn.server_settings import load_server_settings
+    from webapp.settings import load_config
+
+    return load_config(environ), load_server_settings(environ, cpus=2)

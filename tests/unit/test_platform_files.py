@@ -96,7 +96,7 @@ def test_the_cmd_is_the_stable_serve_command_in_exec_form():
     cmd = final.last("CMD")
     assert cmd.json, "exec form: gunicorn is PID 1 and gets docker stop's SIGTERM itself, no shell in between"
     assert cmd.value == ("webapp", "serve")
-    assert "webapp = webapp.__main__:entrypoint" in setup_cfg()["options.entry_points"]["console_scripts"]
+    assert "webapp = webapp.cli:entrypoint" in setup_cfg()["options.entry_points"]["console_scripts"]
 
 
 def test_the_image_listens_on_all_interfaces_on_port_by_default():
