@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from webapp.settings import ConfigError, config_variables, load_config, mask_url, with_dotenv
+from webapp.settings import Config, ConfigError, config_variables, load_config, mask_url, with_dotenv
 
 log = logging.getLogger("webapp.main")
 
@@ -22,8 +22,9 @@ SERVER_VARIABLES = (
 LOGGING_VARIABLES = ("LOG_LEVEL", "LOG_FORMAT")
 # name: (what it does, the variables it reads beyond the logging ones; None: all of the app's)
 COMMANDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
-    "migrate": ("apply the pending sql/ migrations, all in one transaction (all or nothing), and exit; "
-                "the Procfile's release phase", ("DATABASE_URL",)),
+    "migrate": ("apply the pending sql/ migrations, each file in its own transaction under a short "
+                "lock_timeout (retried with jitter), and exit; the Procfile's release phase",
+                ("DATABASE_URL", "MIGRATION_LOCK_TIMEOUT", "MIGRATION_ATTEMPTS", "MIGRATION_STATEMENT_TIMEOUT")),
     "check": ("validate the whole configuration, then connect to Postgres once; "
               "exit 1 saying why (refused, timeout, DNS, authentication)", None),
     "serve": ("exec gunicorn with webapp's settings (webapp.gunicorn.settings) serving webapp:create_app()",
@@ -74,7 +75,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str], stderr: TextIO = sys.s
 
     configure_logging(config.log_level, log_format=config.log_format)
     if args.command == "migrate":
-        return _migrate(config.database_url, stderr)
+        return _migrate(config, stderr)
     if args.command == "check":
         return _check(config.database_url, stderr)
     if args.command == "purge-idempotency-keys":
@@ -82,13 +83,19 @@ def main(argv: Sequence[str], environ: Mapping[str, str], stderr: TextIO = sys.s
     return _serve(environ)
 
 
-def _migrate(database_url: str, stderr: TextIO) -> int:
-    from webapp.postgres.migrations import migrate
+def _migrate(config: Config, stderr: TextIO) -> int:
+    from webapp.postgres.migrations import MigrationError, migrate
 
     try:
-        applied = migrate(database_url)
+        applied = migrate(config.database_url, lock_timeout=config.migration_lock_timeout,
+                          attempts=config.migration_attempts, statement_timeout=config.migration_statement_timeout)
+    except MigrationError as exc:  # one JSON line: which file, which statement, which lock, held by whom
+        log.error("migration failed", extra={"reason": str(exc), **exc.fields})
+        print(f"error: migration failed: {exc}", file=stderr)
+        return 1
     except Exception as exc:  # report, do not dump a traceback with a DSN in it
-        print(f"error: migration failed, nothing applied: {type(exc).__name__}: {mask_url(str(exc))}", file=stderr)
+        log.error("migration failed", extra={"reason": f"{type(exc).__name__}: {mask_url(str(exc))}"})
+        print(f"error: migration failed: {type(exc).__name__}: {mask_url(str(exc))}", file=stderr)
         return 1
     log.info("migrations done", extra={"applied": applied})
     return 0

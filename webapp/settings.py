@@ -64,6 +64,11 @@ class Config:
     metrics_multiproc_dir: str | None = None
     max_body_bytes: int = 64 * 1024
     idempotency_retention_hours: int = 24
+    # `webapp migrate`: how long a statement may wait for a lock (then it is cancelled, the file rolled
+    # back and retried: a waiting ALTER queues every later request on its table), and run at all.
+    migration_lock_timeout: float = 2.0
+    migration_attempts: int = 5
+    migration_statement_timeout: float = 300.0
 
     def __repr__(self) -> str:
         # A Config ends up in tracebacks and debug logs: never show secrets there.
@@ -202,6 +207,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         metrics_multiproc_dir=env.str("PROMETHEUS_MULTIPROC_DIR", None) or None,
         max_body_bytes=env.int("MAX_BODY_BYTES", 64 * 1024, validate=Range(1024, 10 * 1024 * 1024)),
         idempotency_retention_hours=env.int("IDEMPOTENCY_RETENTION_HOURS", 24, validate=Range(1, 24 * 30)),
+        migration_lock_timeout=env.float("MIGRATION_LOCK_TIMEOUT", 2.0, validate=Range(0, 60, min_inclusive=False)),
+        migration_attempts=env.int("MIGRATION_ATTEMPTS", 5, validate=Range(1, 100)),
+        migration_statement_timeout=env.float("MIGRATION_STATEMENT_TIMEOUT", 300.0, validate=positive),
     )
     problems = env.problems()
     if not problems and values["db_pool_min"] > values["db_pool_max"]:

@@ -62,7 +62,8 @@ def test_help_describes_each_command_and_the_variables_it_reads(capsys):
     assert ".env" in text
     with pytest.raises(SystemExit):
         main(["migrate", "--help"], {})
-    assert "Reads: DATABASE_URL, LOG_LEVEL, LOG_FORMAT." in " ".join(capsys.readouterr().out.split())
+    assert ("Reads: DATABASE_URL, MIGRATION_LOCK_TIMEOUT, MIGRATION_ATTEMPTS, MIGRATION_STATEMENT_TIMEOUT, "
+            "LOG_LEVEL, LOG_FORMAT.") in " ".join(capsys.readouterr().out.split())
     with pytest.raises(SystemExit):
         main(["serve", "--help"], {})
     text = " ".join(capsys.readouterr().out.split())

@@ -25,7 +25,7 @@ import pytest
 
 from tests.conftest import scratch_database
 from tests.gunicorn_server import free_port, request
-from webapp.postgres.migrations import migration_files
+from webapp.postgres.migration_files import migration_files
 
 pytestmark = pytest.mark.slow
 
@@ -162,7 +162,7 @@ def test_the_installed_package_migrates_checks_and_serves_from_any_folder(
     elsewhere = tmp_path / "elsewhere"  # no sql/, no gunicorn.conf.py: only what the wheel installed
     elsewhere.mkdir()
     env = slug.env(DATABASE_URL=empty_database, PORT=str(port), WEB_CONCURRENCY="1")
-    show_sql_dir = "import webapp.postgres.migrations as m; print(m.default_sql_dir())"
+    show_sql_dir = "import webapp.postgres.migration_files as m; print(m.default_sql_dir())"
     where = subprocess.run([str(slug.bin / "python"), "-c", show_sql_dir],
                            env=env, cwd=elsewhere, capture_output=True, text=True, timeout=30, check=True)
     assert "site-packages" in where.stdout  # the installed copy, not the checkout's

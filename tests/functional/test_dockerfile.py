@@ -36,7 +36,7 @@ from tests.conftest import scratch_database
 from tests.functional.test_deploy import json_lines, stop, wait_until_ready, web_process, write_then_read
 from tests.gunicorn_server import free_port
 from tests.platform_files import PROJECT_DIR, Stage, copy_context, dockerfile_stages, python_version
-from webapp.postgres.migrations import migration_files
+from webapp.postgres.migration_files import migration_files
 
 pytestmark = pytest.mark.slow
 
@@ -199,7 +199,7 @@ def test_the_build_stage_installs_only_the_pins_and_the_package_in_well_under_a_
     assert installed == pinned | {"webapp"}, "requirements.txt's pins and `.`, nothing else"
     assert image.build_seconds < 120, f"build stage took {image.build_seconds:.1f} s"
     # Not an editable install pointing at the (removed) /src: the wheel's own files, LICENSE and sql/ included.
-    where = subprocess.run([str(python), "-c", "import importlib.metadata as m, webapp.postgres.migrations as w; "
+    where = subprocess.run([str(python), "-c", "import importlib.metadata as m, webapp.postgres.migration_files as w; "
                             "d = m.distribution('webapp'); "
                             "print([str(f) for f in d.files if f.name == 'LICENSE']); print(w.default_sql_dir())"],
                            cwd=image.workdir, env=image.env, capture_output=True, text=True, timeout=30)
