@@ -110,7 +110,7 @@ def test_0004_moves_each_remembered_key_under_its_user_and_drops_the_ones_it_can
             "('k-2', 'hash-2', 201, '{\"error\": {\"code\": \"conflict\"}}')",  # names no order: dropped
             (order[0], user[0]),
         )
-    assert migrate(empty_database) == ["0004_idempotency_keys_per_user.sql"]
+    assert migrate(empty_database)[0] == "0004_idempotency_keys_per_user.sql"
     with psycopg.connect(empty_database, autocommit=True) as conn:
         rows = conn.execute("SELECT user_id, key, request_hash, order_id FROM idempotency_keys").fetchall()
         assert rows == [(user[0], "k-1", "hash-1", order[0])]

@@ -76,6 +76,15 @@ def test_an_order_round_trips_with_its_items_and_total(tx):
     assert [o.id for o in orders.list_for_user(user.id, 0, 10)] == [placed.id]
 
 
+def test_an_order_line_stores_the_name_its_product_had_when_ordered(tx):
+    user = tx.users.add("Ann", "ann@example.org")
+    apple = tx.products.add("APPLE", "Apple", 150, 9)
+    placed = tx.orders.add(user.id, [OrderItem(apple.id, 1, 150, "Apple")])
+    tx.execute("UPDATE products SET name = 'Green apple' WHERE id = %s", (apple.id,))
+    stored = tx.execute("SELECT product_name FROM order_items WHERE order_id = %s", (placed.id,)).fetchall()
+    assert stored == [("Apple",)]
+
+
 @pytest.fixture
 def two_orders(database: Database) -> dict[str, int]:
     """Two users (Ann, Bob) with one order each, committed."""

@@ -51,6 +51,13 @@ def test_a_step_failing_after_the_stock_decrement_commits_nothing_and_leaves_the
     assert state.orders == {}
 
 
+def test_each_line_keeps_the_name_and_price_its_product_had_when_ordered():
+    service, state, _, _ = build()
+    placed = service.place_order(1, [OrderLine(2, 1), OrderLine(1, 1)])
+    assert [(i.product_id, i.product_name, i.unit_price_cents) for i in placed.order.items] == [
+        (1, "Apple", 150), (2, "Pear", 200)]
+
+
 def test_products_are_locked_in_ascending_id_order_whatever_the_request_order():
     service, _, _, products = build()
     service.place_order(1, [OrderLine(2, 1), OrderLine(1, 1)])

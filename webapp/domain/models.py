@@ -48,6 +48,7 @@ class OrderItem:
     product_id: int
     quantity: int
     unit_price_cents: int
+    product_name: str | None = None  # the product's name when ordered (None: a line from before 0005)
 
 
 @dataclass(frozen=True, slots=True)

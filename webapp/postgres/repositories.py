@@ -128,10 +128,10 @@ class OrderRepository:
         assert row is not None  # INSERT ... RETURNING always returns the row
         order_id, created_at = row
         self._tx.execute(
-            "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) "
-            "SELECT %s, * FROM unnest(%s::bigint[], %s::int[], %s::bigint[])",
+            "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents, product_name) "
+            "SELECT %s, * FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::text[])",
             (order_id, [i.product_id for i in items], [i.quantity for i in items],
-             [i.unit_price_cents for i in items]),
+             [i.unit_price_cents for i in items], [i.product_name for i in items]),
         )
         return Order(order_id, user_id, total, created_at, tuple(items))
 

@@ -87,7 +87,8 @@ class OrderService:
             self._check_lines(lines, products)
             tx.products.decrement_stock({line.product_id: line.quantity for line in lines})
             items = [
-                OrderItem(line.product_id, line.quantity, products[line.product_id].price_cents)
+                OrderItem(line.product_id, line.quantity, products[line.product_id].price_cents,
+                          products[line.product_id].name)
                 for line in sorted(lines, key=lambda line: line.product_id)  # the order GET returns them in
             ]
             order = tx.orders.add(user_id, items)
