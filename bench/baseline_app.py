@@ -57,12 +57,12 @@ def create_app() -> Flask:
             ):
                 return {"error": "unknown user"}, 422
             products = conn.execute(
-                "SELECT id, price_cents, stock FROM products WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                "SELECT id, price_cents, stock, name FROM products WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
                 (sorted(lines),),
             ).fetchall()
             if len(products) != len(lines):
                 return {"error": "unknown product"}, 422
-            if any(stock < lines[pid] for pid, _price, stock in products):
+            if any(stock < lines[pid] for pid, _price, stock, _name in products):
                 return {
                     "error": "insufficient stock"
                 }, 409  # nothing written yet; the pool rolls back
@@ -71,23 +71,24 @@ def create_app() -> Flask:
                 "FROM unnest(%s::bigint[], %s::int[]) AS v(id, quantity) WHERE products.id = v.id",
                 (list(lines), list(lines.values())),
             )
-            total = sum(lines[pid] * price for pid, price, _stock in products)
+            total = sum(lines[pid] * price for pid, price, _stock, _name in products)
             order_id, created_at = conn.execute(
                 "INSERT INTO orders (user_id, total_cents) VALUES (%s, %s) RETURNING id, created_at",
                 (user_id, total),
             ).fetchone()  # type: ignore[misc]
             conn.execute(
-                "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) "
-                "SELECT %s, * FROM unnest(%s::bigint[], %s::int[], %s::bigint[])",
+                "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents, product_name) "
+                "SELECT %s, * FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::text[])",
                 (
                     order_id,
                     [p[0] for p in products],
                     [lines[p[0]] for p in products],
                     [p[1] for p in products],
+                    [p[3] for p in products],
                 ),
             )
         items = [
-            {"product_id": p[0], "quantity": lines[p[0]], "unit_price_cents": p[1]}
+            {"product_id": p[0], "product_name": p[3], "quantity": lines[p[0]], "unit_price_cents": p[1]}
             for p in products
         ]
         body = {

@@ -57,7 +57,8 @@ def seeded_app(app: Flask, db: psycopg.Connection) -> Flask:
     db.execute("INSERT INTO users (name, email) VALUES ('Seed', 'seed@example.org')")
     db.execute("INSERT INTO products (sku, name, price_cents, stock) VALUES ('SEED-1', 'Seed', 100, 2000000000)")
     db.execute("INSERT INTO orders (user_id, total_cents) VALUES (1, 200)")
-    db.execute("INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) VALUES (1, 1, 2, 100)")
+    db.execute("INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents, product_name) "
+               "VALUES (1, 1, 2, 100, 'Widget')")
     return app
 
 

@@ -131,3 +131,31 @@ def test_0004_moves_each_remembered_key_under_its_user_and_drops_the_ones_it_can
                 "INSERT INTO idempotency_keys (user_id, key, request_hash, order_id) VALUES (%s, 'k-3', 'h', -1)",
                 user,
             )
+
+
+def test_0006_to_0008_backfill_old_order_lines_in_batches_then_make_the_name_not_null(
+    empty_database: str, tmp_path: Path
+):
+    for path in migration_files():
+        if path.name < "0006":
+            shutil.copy(path, tmp_path)
+    migrate(empty_database, tmp_path)  # the schema release A (0005) serves on
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        user = conn.execute("INSERT INTO users (name, email) VALUES ('Ann', 'a@example.org') RETURNING id").fetchone()
+        apple = conn.execute("INSERT INTO products (sku, name, price_cents, stock) VALUES ('A', 'Apple', 1, 9) "
+                             "RETURNING id").fetchone()
+        assert user is not None and apple is not None
+        for _ in range(2500):  # lines the release before 0005 placed: no name
+            order = conn.execute("INSERT INTO orders (user_id, total_cents) VALUES (%s, 1) RETURNING id", user)
+            conn.execute("INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) "
+                         "VALUES (%s, %s, 1, 1)", (order.fetchone()[0], apple[0]))  # type: ignore[index]
+    assert migrate(empty_database) == ["0006_backfill_order_items_product_name.sql",
+                                       "0007_order_items_product_name_checked.sql",
+                                       "0008_order_items_product_name_not_null.sql"]
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*), count(product_name) FROM order_items").fetchone() == (2500, 2500)
+        assert conn.execute("SELECT is_nullable FROM information_schema.columns "
+                            "WHERE table_name = 'order_items' AND column_name = 'product_name'").fetchone() == ("NO",)
+        with pytest.raises(psycopg.errors.NotNullViolation):  # why a rollback goes back one release only
+            conn.execute("INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) "
+                         "SELECT id, %s, 1, 1 FROM orders LIMIT 1", apple)

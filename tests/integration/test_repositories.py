@@ -68,7 +68,7 @@ def test_an_order_round_trips_with_its_items_and_total(tx):
     products = tx.products
     a, b = products.add("A", "A", 150, 9), products.add("B", "B", 200, 9)
     orders = tx.orders
-    placed = orders.add(user.id, [OrderItem(b.id, 1, 200), OrderItem(a.id, 2, 150)])
+    placed = orders.add(user.id, [OrderItem(b.id, 1, 200, "B"), OrderItem(a.id, 2, 150, "A")])
     fetched = orders.get(placed.id)
     assert fetched is not None
     assert fetched.total_cents == 500
@@ -81,8 +81,8 @@ def test_an_order_line_stores_the_name_its_product_had_when_ordered(tx):
     apple = tx.products.add("APPLE", "Apple", 150, 9)
     placed = tx.orders.add(user.id, [OrderItem(apple.id, 1, 150, "Apple")])
     tx.execute("UPDATE products SET name = 'Green apple' WHERE id = %s", (apple.id,))
-    stored = tx.execute("SELECT product_name FROM order_items WHERE order_id = %s", (placed.id,)).fetchall()
-    assert stored == [("Apple",)]
+    fetched = tx.orders.get(placed.id)
+    assert fetched is not None and [item.product_name for item in fetched.items] == ["Apple"]
 
 
 @pytest.fixture
@@ -94,8 +94,8 @@ def two_orders(database: Database) -> dict[str, int]:
         ann, bob = users.add("Ann", "ann@example.org"), users.add("Bob", "bob@example.org")
         ids = {
             "ann": ann.id, "bob": bob.id,
-            "ann_order": orders.add(ann.id, [OrderItem(product.id, 1, 100)]).id,
-            "bob_order": orders.add(bob.id, [OrderItem(product.id, 1, 100)]).id,
+            "ann_order": orders.add(ann.id, [OrderItem(product.id, 1, 100, "P")]).id,
+            "bob_order": orders.add(bob.id, [OrderItem(product.id, 1, 100, "P")]).id,
         }
         tx.commit()
     return ids

@@ -72,7 +72,7 @@ def test_orders_of_a_user_are_paged_with_a_next_cursor():
     service, _, _, orders, _ = build()
     user = service.register("Ann", "ann@example.org")
     for _ in range(3):
-        orders.add(user.id, [OrderItem(1, 1, 100)])
+        orders.add(user.id, [OrderItem(1, 1, 100, "Apple")])
     page, cursor = service.orders_of(user.id, after=0, limit=2)
     assert [o.id for o in page] == [1, 2] and cursor == 2
     page, cursor = service.orders_of(user.id, after=2, limit=2)

@@ -48,7 +48,7 @@ class OrderItem:
     product_id: int
     quantity: int
     unit_price_cents: int
-    product_name: str | None = None  # the product's name when ordered (None: a line from before 0005)
+    product_name: str  # the product's name when it was ordered (a later rename does not change it)
 
 
 @dataclass(frozen=True, slots=True)

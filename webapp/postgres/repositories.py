@@ -108,7 +108,8 @@ class ProductRepository:
 
 
 _ORDERS_WITH_ITEMS = (
-    "SELECT o.id, o.user_id, o.total_cents, o.created_at, i.product_id, i.quantity, i.unit_price_cents "
+    "SELECT o.id, o.user_id, o.total_cents, o.created_at, i.product_id, i.quantity, i.unit_price_cents, "
+    "i.product_name "
     "FROM orders o JOIN order_items i ON i.order_id = o.id"
 )
 
@@ -158,7 +159,7 @@ def _assemble(rows: list[tuple[Any, ...]]) -> list[Order]:
     orders: list[Order] = []
     items: list[OrderItem] = []
     for index, row in enumerate(rows):
-        items.append(OrderItem(row[4], row[5], row[6]))
+        items.append(OrderItem(row[4], row[5], row[6], row[7]))
         last_of_order = index + 1 == len(rows) or rows[index + 1][0] != row[0]
         if last_of_order:
             orders.append(Order(row[0], row[1], row[2], row[3], tuple(items)))

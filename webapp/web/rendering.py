@@ -44,7 +44,8 @@ def order_to_json(order: Order) -> dict[str, Any]:
         "total_cents": order.total_cents,
         "created_at": order.created_at.isoformat(),
         "items": [
-            {"product_id": i.product_id, "quantity": i.quantity, "unit_price_cents": i.unit_price_cents}
+            {"product_id": i.product_id, "product_name": i.product_name, "quantity": i.quantity,
+             "unit_price_cents": i.unit_price_cents}
             for i in order.items
         ],
     }
