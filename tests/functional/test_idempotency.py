@@ -92,6 +92,19 @@ def test_the_same_key_with_a_different_body_is_422_and_changes_nothing(app, db, 
     assert stock(db, shop["product"]) == 98
 
 
+def test_the_same_key_for_another_product_at_the_same_quantity_is_422_and_changes_nothing(app, db, shop):
+    place(app, shop["body"])
+    pear = db.execute(
+        "INSERT INTO products (sku, name, price_cents, stock) VALUES ('P2', 'P2', 250, 100) RETURNING id"
+    ).fetchone()[0]
+    other = {**shop["body"], "items": [{"product_id": pear, "quantity": 2}]}  # same quantity, same price
+    response = place(app, other)
+    assert response.status_code == 422
+    assert response.json["error"]["code"] == "idempotency_key_reused"
+    assert count_orders(db) == 1
+    assert stock(db, pear) == 100
+
+
 @pytest.mark.parametrize("key", ["short", "has a space", "ключ-12345678", "x" * 256, ""])
 def test_an_invalid_key_is_422_and_places_nothing(app, db, shop, key: str):
     response = app.test_client().post("/orders", json=shop["body"], headers={"Idempotency-Key": key})

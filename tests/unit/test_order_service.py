@@ -126,6 +126,14 @@ def test_same_idempotency_key_with_another_order_is_refused():
         service.place_order(1, [OrderLine(1, 2)], idempotency_key="key-00001")
 
 
+def test_same_idempotency_key_with_another_product_at_the_same_quantity_is_refused():
+    service, state, _, _ = build()
+    service.place_order(1, [OrderLine(1, 1)], idempotency_key="key-00001")
+    with pytest.raises(IdempotencyKeyReused):
+        service.place_order(1, [OrderLine(2, 1)], idempotency_key="key-00001")
+    assert len(state.orders) == 1 and state.products[2].stock == 1
+
+
 def test_one_users_idempotency_key_never_blocks_another_user():
     service, state, _, _ = build()
     service.place_order(1, [OrderLine(1, 1)], idempotency_key="key-00001")
@@ -145,6 +153,7 @@ def test_the_fingerprint_is_the_orders_meaning_not_its_line_order():
     assert fingerprint(1, [OrderLine(1, 1), OrderLine(2, 3)]) == fingerprint(1, [OrderLine(2, 3), OrderLine(1, 1)])
     assert fingerprint(1, [OrderLine(1, 1)]) != fingerprint(2, [OrderLine(1, 1)])
     assert fingerprint(1, [OrderLine(1, 1)]) != fingerprint(1, [OrderLine(1, 2)])
+    assert fingerprint(1, [OrderLine(1, 1)]) != fingerprint(1, [OrderLine(2, 1)])
 
 
 def test_getting_a_missing_order_is_not_found_in_a_read_only_transaction():

@@ -1,5 +1,5 @@
-"""Prometheus metrics: the seed's request counter and histogram, pool and breaker gauges, summed
-across gunicorn's workers. Built by create_app, never at import time."""
+"""Prometheus metrics: the request counter and histogram the dashboards and alerts read, pool and breaker
+gauges, summed across gunicorn's workers. Built by create_app, never at import time."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from prometheus_client import (
 )
 from prometheus_flask_exporter import PrometheusMetrics
 
-# Seconds; covers a ~1 ms cached read up to the 10 s default deadline.
+# Seconds: from the fastest answer (a cached read) up to the default 10 s deadline, the slowest.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Pool gauges are refreshed at most this often per worker: stats() takes the pool's lock.
 POOL_SAMPLE_SECONDS = 1.0
@@ -31,7 +31,7 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 
 
 class Metrics:
-    """The seed's request metrics plus pool and breaker gauges, in a registry of this app's own."""
+    """The request metrics plus pool and breaker gauges, in a registry of this app's own."""
 
     content_type = CONTENT_TYPE_LATEST  # of render()'s text
 
@@ -40,8 +40,8 @@ class Metrics:
         # imported, from PROMETHEUS_MULTIPROC_DIR: webapp.gunicorn.settings sets it before then.
         self.multiproc_dir = multiproc_dir
         self.registry = CollectorRegistry()
-        # Defined with prometheus_client, not the exporter's per-request hooks: the seed's names
-        # and labels differ from the exporter's defaults (see docs/operations.md, "Metrics").
+        # Defined with prometheus_client, not the exporter's per-request hooks: the names and labels
+        # deploy/'s dashboard and alerts query differ from the exporter's defaults (docs/operations.md, "Metrics").
         self.requests = Counter(
             "http_requests_total", "HTTP requests by route template and status",
             ["method", "path", "status"], registry=self.registry,

@@ -1,4 +1,20 @@
-"""OrderService: place an order atomically, exactly once per user and idempotency key."""
+"""OrderService: place an order atomically, exactly once per user and Idempotency-Key.
+
+The idempotency rule, all of it here (its SQL: IdempotencyKeyRepository, postgres/repositories.py):
+
+- A key belongs to a user: (user_id, key). Another user sending the same key places their own order.
+- In flight: the order's transaction first claims (user, key) with a transaction-scoped advisory
+  lock, without waiting (`_replay`); sent again while that transaction is open, the request gets
+  409 idempotency_key_in_flight at once.
+- Remembered: the key, the request's fingerprint and the order id are written in the order's own
+  transaction (`_place_once`), so they are stored if and only if the order commits: a request that
+  failed (409 out of stock, a 5xx) has not used up its key.
+- Replayed: within IDEMPOTENCY_RETENTION_HOURS the same key with the same fingerprint returns the
+  stored order (201, Idempotent-Replayed: true) and places nothing; with another fingerprint it is
+  422 idempotency_key_reused. Past the retention the key is new again, and its row is taken over.
+- The fingerprint is the order's meaning (`fingerprint`): the user and each product with its
+  quantity, in product order; not the body's bytes (key order, spacing, 2 vs 2.0, line order).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Health blueprint: /livez (process), /readyz (dependencies), /healthz (the seed's endpoint)."""
+"""Health blueprint: /livez (process), /readyz (dependencies), /healthz (the flat form, for older probes)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def health_blueprint(health: HealthService) -> Blueprint:
 
     @bp.get("/healthz")
     def healthz() -> ResponseReturnValue:
-        # The seed's contract: a flat {name: "ok" | reason}, 503 when a dependency fails.
+        # Kept for probes written against the first contract: a flat {name: "ok" | reason}, 503 on a failure.
         healthy, checks = health.check()
         return checks, 200 if healthy else 503
 
