@@ -171,8 +171,8 @@ def test_a_bare_gunicorn_logs_one_warning_naming_what_is_missing_and_how_to_get_
 def test_workers_share_the_default_metrics_folder_though_the_package_imported_prometheus_first(
     server_url: str, tmp_path: Path,
 ):
-    # `python:webapp.gunicorn.settings` imports the webapp package (and prometheus_client) before the
-    # module can set PROMETHEUS_MULTIPROC_DIR; without the re-choice each worker counts alone.
+    # prometheus_client chooses multi-process storage at its first import, only if
+    # PROMETHEUS_MULTIPROC_DIR is set by then: the settings module sets it before importing it.
     port = free_port()
     env = child_env(DATABASE_URL=server_url, SHUTDOWN_DRAIN_SECONDS="0")
     args = ["-c", SETTINGS, "-w", "2", "-b", f"127.0.0.1:{port}", "webapp:create_app()"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-import prometheus_client.values
 import pytest
 
 from webapp.gunicorn.server_settings import cgroup_cpu_quota, load_server_settings, stop_window_problems, usable_cpus
@@ -107,15 +109,23 @@ def test_the_stop_window_is_checked_at_startup(timeout: int, graceful: int, drai
     assert list(problems) == ([problem] if problem else [])
 
 
-def test_prometheus_client_still_chooses_its_storage_from_the_variable_when_asked_again(monkeypatch, tmp_path):
-    # webapp.gunicorn.settings relies on this (an undocumented module attribute): if an upgrade
-    # breaks it, /metrics silently counts one worker only, so fail here, loudly.
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    monkeypatch.delenv("prometheus_multiproc_dir", raising=False)
-    assert prometheus_client.values.get_value_class() is prometheus_client.values.MutexValue
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    assert getattr(prometheus_client.values.get_value_class(), "_multiprocess", False) is True
-    assert hasattr(prometheus_client.values, "ValueClass")
+def test_importing_the_settings_sets_the_metrics_folder_before_prometheus_client_is_first_imported(tmp_path):
+    # prometheus_client picks single- or multi-process storage once, at its first import: were it
+    # imported before PROMETHEUS_MULTIPROC_DIR is set, /metrics would silently count one worker only.
+    probe = (
+        "import os, sys\n"
+        "import webapp\n"
+        "assert 'prometheus_client' not in sys.modules, 'importing the package imported prometheus_client'\n"
+        "import webapp.gunicorn.settings\n"
+        "import prometheus_client.values as v\n"
+        "print(os.environ['PROMETHEUS_MULTIPROC_DIR'], getattr(v.ValueClass, '_multiprocess', False))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")}
+    env.update(FLASK_SKIP_DOTENV="1", DATABASE_URL="postgresql://app@db/x", TMPDIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    folder, multiprocess = done.stdout.split()[-2:]
+    assert folder.startswith(("/dev/shm/webapp-metrics-", str(tmp_path))) and multiprocess == "True"
 
 
 @pytest.mark.parametrize(("env", "expected"), [
