@@ -73,6 +73,15 @@ class ReleaseRun:
         return [r for r in self.requests if (release is None or r.release == release)
                 and (r.outcome.kind != "response" or r.outcome.status not in (200, 201))]
 
+    def report(self) -> str:
+        """The counts per release and phase, and the first failure, for an assertion message."""
+        lines = [f"{where}: {counts}" for where, counts in self.tally().items()]
+        first = next(iter(self.failed()), None)
+        if first is not None:
+            lines.append(f"first failure ({first.release}/{first.phase} {first.method}): {first.outcome.kind} "
+                         f"{first.outcome.status} {first.outcome.body[:300]!r}")
+        return "\n".join(lines)
+
     def tally(self) -> dict[str, dict[str, int]]:
         """Counts by release/phase, then by status or failure kind."""
         table: dict[str, dict[str, int]] = {}

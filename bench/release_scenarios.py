@@ -20,6 +20,7 @@ RELEASE_SHORT = ReleaseTiming(clients=4, before=1.5, after_release_phase=2.0, pr
 PROBE_FULL = ProbeTiming(lock_timeout=2.0, attempts=5, idle_seconds=8.0, clients=6, before=2.0, after=2.0, users=1000)
 PROBE_SHORT = ProbeTiming(lock_timeout=1.0, attempts=4, idle_seconds=2.5, clients=4, before=1.0, after=1.0)
 MARGIN = 0.5  # "a little": a request's own time plus a busy two-core machine's scheduling
+GET_BAR = 2.0  # issue 19's bar: no GET slower than ~2 s, whatever lock_timeout a run is given
 
 
 @contextmanager
@@ -93,8 +94,9 @@ def migration_lock_probe(env: FaultEnv, timing: ProbeTiming | None = None) -> Ve
     url = recreate_database(env.pg.url(), name)
     try:
         seed(url, users=timing.users, products=1)
-        # The production request deadline: a GET waiting on the lock shows as latency, not as a 503.
-        with env.service("migration_lock_probe", DATABASE_URL=url, REQUEST_TIMEOUT="10") as service:
+        # The production deadlines, not the suite's short ones: a GET waiting on the lock shows as latency.
+        deadlines = {"REQUEST_TIMEOUT": "10", "GUNICORN_TIMEOUT": "15", "GUNICORN_GRACEFUL_TIMEOUT": "20"}
+        with env.service("migration_lock_probe", DATABASE_URL=url, **deadlines) as service:
             service.wait_ready()
             run = lock_probe(url, service.port, timing)
         with psycopg.connect(url) as conn:
@@ -111,12 +113,13 @@ def migration_lock_probe(env: FaultEnv, timing: ProbeTiming | None = None) -> Ve
 
 def probe_contract(run: ProbeRun, timing: ProbeTiming, column_added: bool) -> list[tuple[str, bool]]:
     """Each clause of the lock probe's contract with whether the run kept it."""
-    bound = timing.lock_timeout + MARGIN
+    bound = min(timing.lock_timeout, GET_BAR) + MARGIN
     applied_after_idle = bool(run.applied) and run.migration_ended >= run.idle_ended and column_added
     return [
         ("GETs ran while the migration waited (> 10)", len(run.during) > 10),
         ("0 failed GETs", not run.failed()),
-        (f"no GET slower than lock_timeout + {MARGIN:g} s = {bound:g} s (max {run.max_latency:.2f} s)",
+        (f"no GET slower than lock_timeout (at most {GET_BAR:g} s) + {MARGIN:g} s = {bound:g} s "
+         f"(max {run.max_latency:.2f} s)",
          run.max_latency < bound),
         ("the migration applied once the idle session ended, or failed naming users and the idle session",
          applied_after_idle or run.error_names_the_lock()),

@@ -54,18 +54,16 @@ def test_the_release_before_answers_every_request_before_during_and_after_the_re
     release: tuple[ReleaseRun, str],
 ) -> None:
     run, _ = release
-    table = run.tally()
-    assert {"old/before_release_phase", "old/after_release_phase"} <= table.keys(), table
-    assert run.failed("old") == [], table
+    assert {"old/before_release_phase", "old/after_release_phase"} <= run.tally().keys(), run.report()
+    assert not run.failed("old"), run.report()
 
 
 def test_this_release_answers_every_request_beside_the_release_before_and_after_it(
     release: tuple[ReleaseRun, str],
 ) -> None:
     run, _ = release
-    table = run.tally()
-    assert {"new/preboot", "new/after"} <= table.keys(), table
-    assert run.failed("new") == [], table
+    assert {"new/preboot", "new/after"} <= run.tally().keys(), run.report()
+    assert not run.failed("new"), run.report()
 
 
 def test_the_release_before_drains_and_exits_0_on_sigterm(release: tuple[ReleaseRun, str]) -> None:
