@@ -46,8 +46,10 @@ bench: install /usr/bin/wrk
 /usr/sbin/pgbouncer /usr/sbin/nginx:
 	test -x /usr/sbin/pgbouncer -a -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq pgbouncer nginx)
 
+# SCENARIOS: only these, e.g. make fault SCENARIOS='release_with_schema_change migration_lock_probe' (default: all).
+SCENARIOS ?=
 fault: install /usr/bin/wrk /usr/sbin/pgbouncer /usr/sbin/nginx
-	$(PY) -m bench.fault
+	$(PY) -m bench.fault $(SCENARIOS)
 
 # requirements.txt pins what a deploy installs (Heroku's Python buildpack reads it): setup.cfg's
 # install_requires resolved into a throw-away venv and frozen, then `.`: this package itself,

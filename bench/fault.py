@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import cluster_scenarios as c
+from bench import release_scenarios as r
 from bench import scenarios as s
 from bench.faultenv import FULL, SHORT, FaultEnv, Verdict
 
@@ -31,6 +32,9 @@ SCENARIOS: dict[str, Callable[[FaultEnv], Verdict]] = {
     "cluster_instance_killed": c.instance_killed_under_load,
     "cluster_pgbouncer_paused": c.pgbouncer_paused_under_load,
     "cluster_slow_clients": c.slow_clients_behind_nginx,
+    # A release that changes the schema (issue 19): the release before under load through the release phase.
+    "release_with_schema_change": r.release_with_schema_change,
+    "migration_lock_probe": r.migration_lock_probe,
 }
 
 

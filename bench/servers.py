@@ -115,8 +115,13 @@ class Gunicorn:
     started_at: float = 0.0
     boot_to_ready: float | None = None
     _metrics_dir: tempfile.TemporaryDirectory[str] | None = None
+    # Another release's own command line (its Procfile's web: line) and folder (bench/releases.py).
+    argv: list[str] | None = None
+    cwd: Path = PROJECT_DIR
 
     def command(self) -> list[str]:
+        if self.argv is not None:
+            return self.argv
         gunicorn = [sys.executable, "-m", "gunicorn"]
         if (
             self.app != BASELINE_APP
@@ -163,7 +168,7 @@ class Gunicorn:
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             self.command(),
-            cwd=PROJECT_DIR,
+            cwd=self.cwd,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
