@@ -194,7 +194,7 @@ def _lock_report(conn: psycopg.Connection[Any], exc: BaseException) -> dict[str,
     tables = sorted({name.strip('"') for name in _RELATIONS.findall(statement)})
     holders = conn.execute(
         "SELECT DISTINCT l.relation::regclass::text, l.mode, a.pid, a.state, a.application_name,"
-        " round(extract(epoch FROM now() - a.xact_start)) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " round(extract(epoch FROM now() - a.xact_start))::int FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
         " WHERE l.granted AND l.relation IN (SELECT to_regclass(t) FROM unnest(%s::text[]) t)"
         " AND l.pid <> pg_backend_pid() ORDER BY 3",
         (tables,),
