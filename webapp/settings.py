@@ -281,8 +281,8 @@ def _tracing_problems(values: dict[str, Any]) -> dict[str, list[str]]:
         problems["OTEL_EXPORTER_OTLP_PROTOCOL"] = ["only http/protobuf is supported (the [tracing] extra's exporter)"]
     if values["max_export_batch_size"] > values["max_queue_size"]:
         problems["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] = ["must not exceed OTEL_BSP_MAX_QUEUE_SIZE"]
-    missing = [name for name in TRACING_MODULES if not _installed(name)]
-    if values["endpoint"] and missing:  # else every worker would fail in create_app, after the fork
+    missing = [name for name in TRACING_MODULES if not _installed(name)] if values["endpoint"] else []
+    if missing:  # else every worker would fail in create_app, after the fork
         problems["OTEL_EXPORTER_OTLP_ENDPOINT"] = [
             f"tracing needs the [tracing] extra (pip install 'webapp[tracing]'); missing: {', '.join(missing)}"]
     return problems

@@ -39,8 +39,10 @@ def collector() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture
-def traced_app(database_url: str, db) -> Iterator[Callable[..., tuple[Flask, io.StringIO]]]:
-    """Build the real app with tracing settings; its JSON log lines go to a buffer."""
+def traced_app(database_url: str, db, collector) -> Iterator[Callable[..., tuple[Flask, io.StringIO]]]:
+    """Build the real app with tracing settings; its JSON log lines go to a buffer.
+
+    (Needs the collector: the apps' last flush, at teardown, then finds it still listening.)"""
     built: list[Flask] = []
 
     def build(**env: str) -> tuple[Flask, io.StringIO]:

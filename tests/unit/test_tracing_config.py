@@ -15,6 +15,12 @@ def tracing(**env: str) -> TracingSettings | None:
     return load_config({**BASE, **env}).tracing
 
 
+def endpoint(**env: str) -> str:
+    settings = tracing(**env)
+    assert settings is not None
+    return settings.endpoint
+
+
 def problems(**env: str) -> dict[str, list[str]]:
     with pytest.raises(ConfigError) as caught:
         load_config({**BASE, **env})
@@ -27,9 +33,9 @@ def test_tracing_is_off_without_an_endpoint_whatever_else_is_set():
 
 
 def test_the_base_endpoint_gets_the_traces_path_and_the_traces_endpoint_is_used_as_it_is():
-    assert tracing(OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318/").endpoint == "http://collector:4318/v1/traces"
-    assert tracing(OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318",
-                   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="https://gw.example/otlp/traces").endpoint == (
+    assert endpoint(OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318/") == "http://collector:4318/v1/traces"
+    assert endpoint(OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318",
+                    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="https://gw.example/otlp/traces") == (
         "https://gw.example/otlp/traces")
 
 
