@@ -20,7 +20,7 @@ import tempfile
 
 from bench.layers import child_command, child_env
 from bench.servers import SCRATCH_DIR
-from bench.variants import VARIANTS
+from bench.variants import TRACING_VARIANTS, VARIANTS, OtlpSink
 
 FEW, MANY = 100, 600
 
@@ -33,7 +33,7 @@ def instructions(spec: str, requests: int, args: argparse.Namespace) -> int:
             subprocess.run(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                  *child_command(spec, requests, args.users)],
-                env=child_env(args.database_url, tmp), stdout=subprocess.DEVNULL, stderr=log,
+                env={**child_env(args.database_url, tmp), **args.extra_env}, stdout=subprocess.DEVNULL, stderr=log,
                 check=True, timeout=900,
             )
         with open(out) as profile:
@@ -52,8 +52,12 @@ def main(argv: list[str]) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
+    names = args.variants.split(",")
+    # Tracing variants export to a sink in this process, outside valgrind: only the app's side is counted.
+    sink = OtlpSink() if set(names) & set(TRACING_VARIANTS) else None
+    args.extra_env = {"BENCH_OTLP_ENDPOINT": sink.endpoint} if sink else {}
     base = None
-    for name in args.variants.split(","):
+    for name in names:
         spec = VARIANTS[name]
         per_request = (instructions(spec, MANY, args) - instructions(spec, FEW, args)) // (MANY - FEW)
         base = per_request if name == "baseline" else base

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from bench.servers import SCRATCH_DIR
-from bench.variants import VARIANTS
+from bench.variants import TRACING_VARIANTS, VARIANTS
 
 
 def child(spec: str, requests: int, users: int, cprofile: bool) -> dict[str, Any]:
@@ -125,7 +125,8 @@ def main(argv: list[str]) -> int:
         help="print the full service's top functions (to stderr)",
     )
     p.add_argument(
-        "--variants", default=",".join(VARIANTS), help="comma-separated subset"
+        "--variants", default=",".join(v for v in VARIANTS if v not in TRACING_VARIANTS),
+        help=f"comma-separated subset of {', '.join(VARIANTS)}"
     )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

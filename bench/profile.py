@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.run import RESULTS_DIR
 from bench.seed import recreate_database, seed
 from bench.servers import Gunicorn, cpu_seconds, machine_busy_seconds, postgres_cpu_seconds
-from bench.variants import VARIANTS
+from bench.variants import TRACING_VARIANTS, VARIANTS
 from bench.wrk import WrkResult, run_wrk
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=8)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(v for v in VARIANTS if v not in TRACING_VARIANTS))
     p.add_argument(
         "--py-spy",
         action="store_true",

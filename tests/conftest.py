@@ -96,6 +96,8 @@ def close_app(app: Flask) -> None:
     """Release what create_app started: the pool's connections and the probe threads."""
     app.extensions["webapp"]["database"].close(timeout=1)
     app.extensions["webapp"]["health"].close()
+    if app.extensions["webapp"].get("tracing") is not None:
+        app.extensions["webapp"]["tracing"].shutdown(timeout=2)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from flask import Flask
 
@@ -18,7 +19,7 @@ from webapp.services.health import HealthService
 from webapp.services.orders import OrderService
 from webapp.services.ports import UserCache
 from webapp.services.users import UserService
-from webapp.settings import GUNICORN_SETTINGS_MARKER, Config, load_config
+from webapp.settings import GUNICORN_SETTINGS_MARKER, Config, ConfigError, load_config
 from webapp.web import pipeline
 from webapp.web.blueprints.health import health_blueprint
 from webapp.web.blueprints.meta import meta_blueprint
@@ -29,6 +30,9 @@ from webapp.web.blueprints.users import users_blueprint
 from webapp.web.errors import errors_to_http
 from webapp.web.parsing import IdConverter
 from webapp.web.rendering import OrjsonProvider
+
+if TYPE_CHECKING:  # the [tracing] extra may be absent: imported by start_tracing only when tracing is on
+    from webapp.observability.tracing import Tracing
 
 
 def create_app(
@@ -48,6 +52,7 @@ def create_app(
     configure_logging(config.log_level, log_format=config.log_format)
     warn_if_served_without_settings(os.environ)
     metrics = metrics or Metrics(config.metrics_multiproc_dir)
+    tracing = start_tracing(config, metrics)
 
     # 2. Infrastructure: the Postgres pool (its breaker fails fast while Postgres is silent or
     #    gone), and the optional Redis cache behind a breaker of its own.
@@ -60,14 +65,16 @@ def create_app(
         prepared_statements=config.db_prepared_statements,
         breaker=database_breaker(reset_after=config.db_breaker_reset_after, on_transition=metrics.breaker_moved),
         trial_timeout=config.health_timeout,  # a breaker's trial waits no longer than a readiness check
+        on_connect=tracing.instrument_connection if tracing else None,
     )
     database.open()
     metrics.watch_pool(database.stats)
-    cache = cache or cache_from_config(config, on_breaker_transition=metrics.breaker_moved)
+    cache = cache or cache_from_config(config, on_breaker_transition=metrics.breaker_moved,
+                                       instrument=tracing.instrument_redis if tracing else None)
 
     # 3. The unit of work: each transaction bounded by the deadline of the request in flight,
     #    its repositories as attributes (`with uow.begin() as tx: tx.users.get(...)`).
-    uow = UnitOfWork(database, deadline=pipeline.current_deadline)
+    uow = UnitOfWork(database, deadline=pipeline.current_deadline, trace=tracing.transaction if tracing else None)
 
     # 4. Services: business rules, given exactly what they use.
     user_service = UserService(uow, cache)
@@ -88,6 +95,7 @@ def create_app(
     app.url_map.converters["id"] = IdConverter
     app.use(
         pipeline.request_id(),
+        *([pipeline.trace(tracing)] if tracing else []),  # off: not a step at all
         pipeline.deadline(config.request_timeout),
         pipeline.log_and_measure(metrics, logging.getLogger("webapp.http")),
         errors_to_http,
@@ -102,9 +110,29 @@ def create_app(
     app.register_blueprint(orders_blueprint(order_service))
 
     # For gunicorn's hooks (close the pool on exit, readiness 503 on SIGTERM) and for tests.
-    app.extensions["webapp"] = {"config": config, "database": database, "health": health, "metrics": metrics}
-    logging.getLogger(__name__).info("app created", extra={"cache": config.redis_url is not None})
+    app.extensions["webapp"] = {
+        "config": config, "database": database, "health": health, "metrics": metrics, "tracing": tracing,
+    }
+    logging.getLogger(__name__).info("app created", extra={
+        "cache": config.redis_url is not None, "tracing": config.tracing.endpoint if config.tracing else None,
+    })
     return app
+
+
+def start_tracing(config: Config, metrics: Metrics) -> Tracing | None:
+    """The worker's tracer provider when an OTLP endpoint is set, else None (and OpenTelemetry never imported).
+
+    Built here, in each gunicorn worker after its fork (preload_app is off), not in the master: a
+    batch processor's export thread does not survive a fork, so one built before it exports nothing.
+    """
+    if config.tracing is None:
+        return None
+    try:
+        from webapp.observability.tracing import Tracing
+    except ImportError as exc:
+        raise ConfigError({"OTEL_EXPORTER_OTLP_ENDPOINT": [
+            f"tracing needs the [tracing] extra (pip install 'webapp[tracing]'): {exc.name} is missing"]}) from None
+    return Tracing(config.tracing, on_drop=metrics.spans_dropped_by)
 
 
 def warn_if_served_without_settings(environ: Mapping[str, str]) -> None:

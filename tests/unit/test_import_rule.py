@@ -28,6 +28,8 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "psycopg_pool": ("webapp.postgres",),
     "redis": ("webapp.cache",),
     "prometheus_client": ("webapp.observability", "webapp.gunicorn.metrics_files"),
+    # An optional extra ([tracing]): one module imports it, and only when tracing is on.
+    "opentelemetry": ("webapp.observability.tracing",),
 }
 ORDER = list(LAYERS)
 

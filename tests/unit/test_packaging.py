@@ -63,3 +63,16 @@ def test_env_example_names_only_variables_something_reads_and_env_is_ignored():
     assert "DATABASE_URL" in named
     assert named <= set(config_variables()) | set(SERVER_VARIABLES)
     assert ".env" in (PROJECT_DIR / ".gitignore").read_text().splitlines()
+
+
+def test_requirements_tracing_txt_adds_a_pin_for_every_tracing_extra_requirement_on_top_of_requirements_txt():
+    lines = listed((PROJECT_DIR / "requirements-tracing.txt").read_text())
+    assert lines[0] == "-r requirements.txt"  # the default install's pins, then the extra's
+    pinned = {canonicalize_name(name): version for name, version in (line.split("==") for line in lines[1:])}
+    base = {canonicalize_name(line.split("==")[0]) for line in listed((PROJECT_DIR / "requirements.txt").read_text())}
+    assert not pinned.keys() & base, "a package pinned twice: run `make requirements`"
+    for text in listed(setup_cfg()["options.extras_require"]["tracing"]):
+        wanted = Requirement(text)
+        version = pinned.get(canonicalize_name(wanted.name))
+        assert version is not None, f"{wanted.name} is not pinned: run `make requirements`"
+        assert wanted.specifier.contains(version, prereleases=True), f"{wanted.name}=={version} is outside"

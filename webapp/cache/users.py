@@ -34,8 +34,15 @@ def redis_client(url: str, socket_timeout: float) -> redis.Redis:
     )
 
 
-def cache_from_config(config: Config, on_breaker_transition: Callable[[str, str, str], None]) -> UserCache:
-    """Redis behind its own breaker when REDIS_URL is set; otherwise a cache that always misses."""
+def cache_from_config(
+    config: Config,
+    on_breaker_transition: Callable[[str, str, str], None],
+    instrument: Callable[[redis.Redis], None] | None = None,
+) -> UserCache:
+    """Redis behind its own breaker when REDIS_URL is set; otherwise a cache that always misses.
+
+    instrument: called once with the client (tracing's instrumentation: a span per Redis command).
+    """
     if not config.redis_url:
         return NoCache()
     breaker = CircuitBreaker(
@@ -46,7 +53,10 @@ def cache_from_config(config: Config, on_breaker_transition: Callable[[str, str,
         on_transition=on_breaker_transition,
     )
     on_breaker_transition("redis", "closed", "closed")  # the gauge exists from the start
-    return RedisUserCache(redis_client(config.redis_url, config.cache_socket_timeout), breaker, config.cache_ttl)
+    client = redis_client(config.redis_url, config.cache_socket_timeout)
+    if instrument is not None:
+        instrument(client)
+    return RedisUserCache(client, breaker, config.cache_ttl)
 
 
 class NoCache:

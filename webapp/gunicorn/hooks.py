@@ -35,6 +35,10 @@ log = logging.getLogger("webapp.lifecycle")
 
 # A handshake the kernel answered just before step 2 completes within a round trip; let it.
 _HANDSHAKE_SECONDS = 0.2
+# An exiting worker's span flush: past the backlog's deadline by at most this (of the second left
+# before the SIGKILL), and at most this long when no stop is under way.
+_FLUSH_GRACE_SECONDS = 0.5
+_UNHURRIED_FLUSH_SECONDS = 5.0
 
 
 # --- master hooks ---------------------------------------------------------------------------
@@ -158,13 +162,30 @@ def post_worker_init(worker: Any) -> None:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Worker, exiting: close the pool so Postgres sees clean disconnects, not dropped sockets."""
+    """Worker, exiting: close the pool so Postgres sees clean disconnects, not dropped sockets; flush its spans."""
     parts = app_parts(worker)
     if "database" in parts:
         parts["database"].close()
     if "health" in parts:
         parts["health"].close()
-    log.info("worker stopped", extra={"worker_pid": worker.pid, "pool_closed": "database" in parts})
+    spans_flushed = None
+    tracing = parts.get("tracing")
+    if tracing is not None:
+        spans_flushed = tracing.shutdown(flush_seconds(worker, tracing.settings.export_timeout_ms / 1000))
+    log.info("worker stopped", extra={
+        "worker_pid": worker.pid, "pool_closed": "database" in parts, "spans_flushed": spans_flushed,
+    })
+
+
+def flush_seconds(worker: Any, export_timeout: float) -> float:
+    """How long an exiting worker waits for its spans to reach the collector: one export, within the stop window.
+
+    A draining worker leaves its backlog a second before the master's SIGKILL (worker.py,
+    stop_deadline); a collector that never answers must not turn a clean exit into a kill.
+    """
+    if not getattr(worker, "stopping", False):  # max_requests, or the master gone: no SIGKILL is coming
+        return min(export_timeout, _UNHURRIED_FLUSH_SECONDS)
+    return max(0.0, min(export_timeout, worker.stop_deadline + _FLUSH_GRACE_SECONDS - time.monotonic()))
 
 
 def worker_abort(worker: Any) -> None:

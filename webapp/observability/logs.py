@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import IO, Any
 
@@ -24,6 +25,10 @@ _QUERY_STRING = re.compile(r"\?.+", re.DOTALL)
 # the request ends. A ContextVar, as Flask keeps its own request: each request (each thread) sees
 # only its own, and log filters, error bodies and gunicorn's hooks read it without an app context.
 REQUEST_ID: ContextVar[str | None] = ContextVar("webapp.request_id", default=None)
+# With tracing on, the pipeline's trace step sets this to a function returning the (trace_id,
+# span_id) of the span current at the call, so a line logged inside a SQL span names that span.
+# Off, it stays None: one lookup per line, no OpenTelemetry import.
+TRACE_IDS: ContextVar[Callable[[], tuple[str, str]] | None] = ContextVar("webapp.trace_ids", default=None)
 
 
 def current_request_id() -> str | None:
@@ -32,13 +37,16 @@ def current_request_id() -> str | None:
 
 
 class RequestIdFilter(logging.Filter):
-    """Stamp every record logged during a request with that request's id."""
+    """Stamp every record logged during a request with that request's id (and trace_id, span_id when traced)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             request_id = current_request_id()
             if request_id is not None:  # a request is in flight in this thread
                 record.request_id = request_id
+        trace_ids = TRACE_IDS.get()
+        if trace_ids is not None and not hasattr(record, "trace_id"):
+            record.trace_id, record.span_id = trace_ids()
         return True
 
 

@@ -64,6 +64,12 @@ class Metrics:
             "metrics_scrapes_refused_total", "Requests for /metrics refused, by reason",
             ["reason"], registry=self.registry,
         )
+        # The tracing exporter never makes a request wait: when the collector is down or slow its
+        # bounded queue fills and spans are dropped, here counted (webapp/observability/tracing.py).
+        self.spans_dropped = Counter(
+            "otel_spans_dropped_total", "Finished spans never exported, by reason (queue_full, export_failed)",
+            ["reason"], registry=self.registry,
+        )
         # The exporter's one-line helper for the conventional "which build is running" gauge;
         # built without an app, so it adds no per-request hooks.
         PrometheusMetrics(app=None, path=None, export_defaults=False, registry=self.registry).info(
@@ -109,6 +115,10 @@ class Metrics:
     def scrape_refused(self, reason: str) -> None:
         """Count a refused /metrics request (reason: bad_token, proxied, not_loopback)."""
         self.scrapes_refused.labels(reason).inc()
+
+    def spans_dropped_by(self, reason: str, count: int = 1) -> None:
+        """Count spans lost on the way to the collector (reason: queue_full, export_failed)."""
+        self.spans_dropped.labels(reason).inc(count)
 
     def render(self) -> bytes:
         """The text exposition: this process's registry, or every worker's files when multi-process."""

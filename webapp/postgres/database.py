@@ -10,6 +10,7 @@ locks only. docs/operations.md, "Behind a pooler", says why.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -39,11 +40,14 @@ class Database:
         breaker: CircuitBreaker | None = None,
         trial_timeout: float = 1.0,
         name: str = "webapp",
+        on_connect: Callable[[psycopg.Connection[Any]], None] | None = None,
     ):
         self.checkout_timeout = timeout
         self.trial_timeout = trial_timeout
         self.breaker = breaker or database_breaker()
         self.watchdog = Watchdog()
+        self._auto_prepare = prepared_statements is None
+        self._on_connect = on_connect  # e.g. tracing's instrumentation: a span per statement
         self.pool = psycopg_pool.ConnectionPool(
             conninfo,
             min_size=min_size,
@@ -57,9 +61,15 @@ class Database:
             name=name,
             kwargs=connection_kwargs(name, prepared_statements),
             # None (auto): each new connection checks whether a pooler sits in between.
-            configure=self._prepare_when_direct if prepared_statements is None else None,
+            configure=self._configure,
         )
         self.direct: bool | None = None  # what the last new connection found (auto only), for the log
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        if self._auto_prepare:
+            self._prepare_when_direct(conn)
+        if self._on_connect is not None:
+            self._on_connect(conn)
 
     def _prepare_when_direct(self, conn: psycopg.Connection[Any]) -> None:
         direct = prepare_when_direct(conn)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, LiteralString
+from contextlib import AbstractContextManager
+from typing import Any, LiteralString, Protocol
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -32,16 +33,29 @@ from webapp.resilience import Deadline
 log = logging.getLogger(__name__)
 
 
+class TransactionSpan(Protocol):
+    """A transaction's span (observability/tracing.py makes them when tracing is on)."""
+
+    def failed(self, exc: BaseException) -> None: ...
+
+    def ended(self, outcome: str) -> None: ...
+
+
+# read_only → a context manager that makes the transaction's span current while it runs.
+TraceTransaction = Callable[[bool], AbstractContextManager[TransactionSpan]]
+
+
 class UnitOfWork:
     """Begins transactions on the database, each bounded by the deadline of the request in flight."""
 
-    def __init__(self, database: Database, deadline: Callable[[], Deadline]):
+    def __init__(self, database: Database, deadline: Callable[[], Deadline], trace: TraceTransaction | None = None):
         self._database = database
         self._deadline = deadline
+        self._trace = trace
 
     def begin(self, *, read_only: bool = False) -> Transaction:
         """One transaction: commit() keeps its work; leaving the `with` any other way rolls it back."""
-        return Transaction(self._database, self._deadline(), read_only)
+        return Transaction(self._database, self._deadline(), read_only, self._trace)
 
     def ping(self, timeout: float) -> None:
         """Run SELECT 1 within timeout seconds (the client-side cut-off included), or raise: a health check."""
@@ -56,22 +70,35 @@ class Transaction:
     (a cache hit) never takes one; it always goes back to the pool when the `with` ends.
     """
 
-    def __init__(self, database: Database, deadline: Deadline, read_only: bool = False):
+    def __init__(self, database: Database, deadline: Deadline, read_only: bool = False,
+                 trace: TraceTransaction | None = None):
         self._database = database
         self._deadline = deadline
         self._read_only = read_only
         self._conn: psycopg.Connection[Any] | None = None
         self._committed = False
+        self._trace = trace
+        self._span_scope: AbstractContextManager[TransactionSpan] | None = None
+        self._span: TransactionSpan | None = None
         self.users = UserRepository(self)
         self.products = ProductRepository(self)
         self.orders = OrderRepository(self)
         self.idempotency_keys = IdempotencyKeyRepository(self)
 
     def __enter__(self) -> Transaction:
+        if self._trace is not None:  # tracing on: a span current until the `with` ends (its statements' parent)
+            self._span_scope = self._trace(self._read_only)
+            self._span = self._span_scope.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.close()
+        finally:
+            if self._span_scope is not None:
+                assert self._span is not None
+                self._span.ended("committed" if self._committed and exc[0] is None else "rolled_back")
+                self._span_scope.__exit__(*exc)
 
     def execute(self, query: LiteralString, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         """Run one statement in this transaction; a database failure comes out as a domain error."""
@@ -83,6 +110,8 @@ class Transaction:
         try:
             return self._conn.execute(query, params)
         except psycopg.Error as exc:
+            if self._span is not None:
+                self._span.failed(exc)
             translated = translate(exc, self._deadline)
             if translated is None:
                 raise
@@ -101,6 +130,8 @@ class Transaction:
         try:
             conn.commit()  # on our autocommit connection: sends COMMIT when a transaction is open
         except psycopg.Error as exc:
+            if self._span is not None:
+                self._span.failed(exc)
             # Whether a lost connection committed is unknown; an Idempotency-Key makes the retry safe.
             raise (translate(exc, self._deadline, at_commit=True) or exc) from exc
 

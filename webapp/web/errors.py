@@ -48,6 +48,8 @@ HTTP_CODES = {
     501: "not_implemented", 503: "service_unavailable", 504: "deadline_exceeded",
 }
 RETRY_AFTER_SECONDS = 1
+# Where a 5xx's exception is left for the trace step (the same key as observability/tracing.py's).
+ERROR_ENVIRON_KEY = "webapp.error"
 
 
 def errors_to_http(next_handler: Handler) -> Handler:
@@ -57,7 +59,10 @@ def errors_to_http(next_handler: Handler) -> Handler:
         try:
             return next_handler(req)
         except Exception as exc:
-            return error_for(exc)
+            response = error_for(exc)
+            if response.status_code >= 500:
+                req.environ[ERROR_ENVIRON_KEY] = exc  # for the server span, when traced (observability/tracing.py)
+            return response
 
     return handler
 

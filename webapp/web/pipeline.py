@@ -1,6 +1,8 @@
 """The request pipeline: what wraps every request, written down once, in the order it runs.
 
-    request id → deadline → log line + metrics → errors to HTTP → view
+    request id → [trace] → deadline → log line + metrics → errors to HTTP → view
+
+(trace: only with tracing on; off, the step is not in the list and costs nothing.)
 
 create_app lists the steps (`app.use(...)`), like ardanlabs' `web.NewApp(mid.Logger, mid.Errors,
 ...)`. Each step is a Middleware: it gets the next handler and returns a handler that wraps it,
@@ -18,12 +20,16 @@ import re
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 from flask import Flask, Request, Response, request
 
 from webapp.observability.logs import REQUEST_ID, current_request_id
 from webapp.observability.metrics import Metrics
 from webapp.resilience import Deadline
+
+if TYPE_CHECKING:  # imported by create_app only when tracing is on: the [tracing] extra may be absent
+    from webapp.observability.tracing import Tracing
 
 # Like a Go handler, each one is given the request: no step looks it up through Flask's proxy.
 Handler = Callable[[Request], Response]
@@ -86,6 +92,23 @@ def request_id() -> Middleware:
                 REQUEST_ID.reset(token)  # else it would stamp the worker's later lines
             response.headers[REQUEST_ID_HEADER] = rid
             return response
+
+        return handler
+
+    return step
+
+
+def trace(tracing: Tracing) -> Middleware:
+    """W3C trace context in (traceparent, tracestate) and out (traceresponse): one server span per request.
+
+    Outside the log step, so the request line carries the trace id; outside the errors step, so
+    the span holds the status the client got. Why not opentelemetry-instrumentation-flask: its
+    span lives in Flask's before/teardown hooks, inside the innermost step, so neither would hold.
+    """
+
+    def step(next_handler: Handler) -> Handler:
+        def handler(req: Request) -> Response:
+            return tracing.serve(req, next_handler)
 
         return handler
 
