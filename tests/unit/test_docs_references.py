@@ -66,7 +66,8 @@ def where_now(lines: list[str], name: str) -> str:
     word = re.compile(rf"\b{re.escape(name)}\b")
     defined = re.compile(rf"^\s*(?:async\s+def|def|class)\s+{re.escape(name)}\b|^\s*{re.escape(name)}\s*[:=]")
     hits = [n for n, text in enumerate(lines, start=1) if defined.search(text)]
-    hits = hits or [n for n, text in enumerate(lines, start=1) if word.search(text)]
+    imported = re.compile(r"^\s*(?:from\s+\S+\s+)?import\s")  # a name imported is not where it lives
+    hits = hits or [n for n, text in enumerate(lines, start=1) if word.search(text) and not imported.search(text)]
     return ", ".join(f"line {n}" for n in hits[:5]) if hits else "nowhere in the file"
 
 
