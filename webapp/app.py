@@ -88,9 +88,9 @@ def create_app(
     app.url_map.converters["id"] = IdConverter
     app.use(
         pipeline.request_id(),
-        pipeline.deadline(config.request_timeout),
         pipeline.log_and_measure(metrics, logging.getLogger("webapp.http")),
         errors_to_http,
+        pipeline.deadline(config.request_timeout),  # inside errors: a request queued too long is a JSON 503
     )
 
     # 6. Blueprints, each handed its service: parse, call, render.
