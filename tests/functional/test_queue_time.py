@@ -20,6 +20,7 @@ from tests.functional.conftest import trigger
 
 REQUEST_TIMEOUT = 10.0
 MARGIN = 0.35  # scheduling on a busy 2-core machine
+STAMP_RESOLUTION = 0.001  # the stamps are in milliseconds: rounding either way
 
 
 def nginx_stamp(seconds_ago: float) -> str:
@@ -70,7 +71,7 @@ def statement_timeout_seen(app: Flask, db: psycopg.Connection, headers: dict[str
 @pytest.mark.parametrize("stamp", [nginx_stamp, heroku_stamp], ids=["nginx", "heroku"])
 def test_time_queued_before_the_worker_is_taken_from_the_budget(app: Flask, db, stamp: Callable[[float], str]):
     budget = statement_timeout_seen(app, db, {"X-Request-Start": stamp(6.0)})
-    assert REQUEST_TIMEOUT - 6.0 - MARGIN < budget <= REQUEST_TIMEOUT - 6.0
+    assert REQUEST_TIMEOUT - 6.0 - MARGIN < budget <= REQUEST_TIMEOUT - 6.0 + STAMP_RESOLUTION
 
 
 def test_a_stamp_from_the_future_cannot_lengthen_the_budget(app: Flask, db):
@@ -78,7 +79,7 @@ def test_a_stamp_from_the_future_cannot_lengthen_the_budget(app: Flask, db):
         <= REQUEST_TIMEOUT
     # Nor the client's own shorter budget: queue time comes off whichever budget applies.
     shorter = statement_timeout_seen(app, db, {"X-Request-Start": nginx_stamp(1.0), "X-Request-Timeout": "3"})
-    assert 2.0 - MARGIN < shorter <= 2.0
+    assert 2.0 - MARGIN < shorter <= 2.0 + STAMP_RESOLUTION
 
 
 def test_an_absurd_stamp_leaves_the_whole_budget(app: Flask, db):
@@ -108,7 +109,7 @@ def test_a_request_whose_budget_ran_out_in_the_queue_is_a_503_at_once_without_to
     assert app.extensions["webapp"]["database"].pool.get_stats().get("requests_num", 0) == 0  # never asked the pool
     [line] = request_lines()
     assert (line["status"], line["level"], line["path"]) == (503, "WARNING", "/users/<id:user_id>")
-    assert REQUEST_TIMEOUT + 1.5 <= line["queue_ms"] / 1000 < REQUEST_TIMEOUT + 1.5 + MARGIN
+    assert REQUEST_TIMEOUT + 1.5 - STAMP_RESOLUTION <= line["queue_ms"] / 1000 < REQUEST_TIMEOUT + 1.5 + MARGIN
 
 
 def test_the_budget_ran_out_in_the_queue_and_the_database_is_a_504_at_the_remaining_time(
@@ -139,8 +140,8 @@ def test_queue_time_is_logged_and_measured_only_when_a_proxy_sent_it(app: Flask,
 
     without, *with_header = request_lines()
     assert "queue_ms" not in without
-    assert [300 <= line["queue_ms"] < 300 + MARGIN * 1000 for line in with_header] == [True, False]
-    assert 20 <= with_header[1]["queue_ms"] < 20 + MARGIN * 1000
+    assert 300 - 1 <= with_header[0]["queue_ms"] < 300 + MARGIN * 1000
+    assert 20 - 1 <= with_header[1]["queue_ms"] < 20 + MARGIN * 1000
     text = metrics.render().decode()
     assert "http_request_queue_seconds_count 2.0" in text
     assert 'http_request_queue_seconds_bucket{le="0.25"} 1.0' in text  # the 20 ms one; the 300 ms one is above
