@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import cluster_scenarios as c
+from bench import queue_scenario as q
 from bench import scenarios as s
 from bench.faultenv import FULL, SHORT, FaultEnv, Verdict
 
@@ -31,6 +32,8 @@ SCENARIOS: dict[str, Callable[[FaultEnv], Verdict]] = {
     "cluster_instance_killed": c.instance_killed_under_load,
     "cluster_pgbouncer_paused": c.pgbouncer_paused_under_load,
     "cluster_slow_clients": c.slow_clients_behind_nginx,
+    # nginx → 1 instance × 2 workers: a locked row, a burst of orders; X-Request-Start stripped, then honoured.
+    "queue_time_row_lock": q.queue_time_row_lock,
 }
 
 
