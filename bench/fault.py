@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import cluster_scenarios as c
+from bench import queue_scenario as q
 from bench import release_scenarios as r
 from bench import scenarios as s
 from bench.faultenv import FULL, SHORT, FaultEnv, Verdict
@@ -35,6 +36,8 @@ SCENARIOS: dict[str, Callable[[FaultEnv], Verdict]] = {
     # A release that changes the schema (issue 19): the release before under load through the release phase.
     "release_with_schema_change": r.release_with_schema_change,
     "migration_lock_probe": r.migration_lock_probe,
+    # nginx → 1 instance × 2 workers: a locked row, a burst of orders; X-Request-Start stripped, then honoured.
+    "queue_time_row_lock": q.queue_time_row_lock,
 }
 
 

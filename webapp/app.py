@@ -96,9 +96,9 @@ def create_app(
     app.use(
         pipeline.request_id(),
         *([pipeline.trace(tracing)] if tracing else []),  # off: not a step at all
-        pipeline.deadline(config.request_timeout),
         pipeline.log_and_measure(metrics, logging.getLogger("webapp.http")),
         errors_to_http,
+        pipeline.deadline(config.request_timeout),  # inside errors: a request queued too long is a JSON 503
     )
 
     # 6. Blueprints, each handed its service: parse, call, render.

@@ -37,6 +37,25 @@ def test_ids_outside_bigint_are_404_not_a_database_error(client, path):
     assert_error(client.get(path), 404, "not_found")
 
 
+@pytest.mark.parametrize("path", [
+    "/users/%D9%A1",  # Arabic-Indic digit one
+    "/users/%EF%BC%91",  # fullwidth digit one
+    "/products/%D9%A1",
+    "/orders/%D9%A1",
+    "/users/%D9%A1/orders",
+    "/users/%D9%A1%D9%A2",  # was read as user 12
+    "/users/1%D9%A1",  # an ASCII digit, then another script's
+])
+def test_ids_are_ascii_digits_only_other_unicode_digits_are_404(client, db, path):
+    # Every one of them would be found if read as a number: user, product and order 1 (and 11, 12) exist.
+    for n in range(1, 13):  # ids 1..12: the fixture restarts the identities
+        db.execute("INSERT INTO users (name, email) VALUES ('U', %s)", (f"u{n}@example.org",))
+    db.execute("INSERT INTO products (sku, name, price_cents, stock) VALUES ('P1', 'P', 100, 5)")
+    assert client.post("/orders", json={"user_id": 1, "items": [{"product_id": 1, "quantity": 1}]}).status_code == 201
+    assert [client.get(p).status_code for p in ("/users/1", "/users/12", "/products/1", "/orders/1")] == [200] * 4
+    assert_error(client.get(path), 404, "not_found")
+
+
 def test_wrong_method_is_405_with_allow_header(client):
     response = client.delete("/users")
     assert_error(response, 405, "method_not_allowed")

@@ -215,6 +215,23 @@ def test_a_chunked_body_over_max_body_bytes_is_a_413_never_a_truncated_body_acce
     assert_json_error(exchange(server.port, POST_CHUNKED + chunked(body)), 413, "payload_too_large")
 
 
+@pytest.mark.parametrize("sizes", [b"10001", b"ffffffffffffffffff", b"8000\r\n" + b"a" * 0x8000 + b"\r\n8001"],
+                         ids=["one-chunk-over", "18-hex-digits", "second-chunk-adds-up-over"])
+def test_a_chunk_size_announcing_more_than_max_body_bytes_is_a_413_at_once_without_waiting_for_the_data(
+    server: GunicornServer, sizes: bytes,
+):
+    # 64 KiB is MAX_BODY_BYTES: 0x10001 is one byte over it, announced and never sent.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(POST_CHUNKED + sizes + b"\r\n")  # and then nothing: the data never comes
+        started = time.monotonic()
+        select.select([sock], [], [], 5)
+        answered_in = time.monotonic() - started
+        answer = read_all(sock)
+    assert answered_in < READ_TIMEOUT / 2  # not the read timeout's 408
+    error = assert_json_error(answer, 413, "payload_too_large")
+    assert [line["level"] for line in rejection_lines(server, error["request_id"])] == ["WARNING"]
+
+
 def test_a_chunked_body_within_max_body_bytes_is_served(server: GunicornServer):
     user = json.dumps({"name": "Ada", "email": f"ada-{uuid.uuid4().hex}@example.com"}).encode()
     status, _, body = exchange(server.port, POST_CHUNKED + chunked(user + b" " * (64 * 1024 - len(user)), size=1000))
@@ -253,6 +270,28 @@ def test_a_rejected_request_line_logs_no_part_of_its_query_string(server: Gunico
     error = assert_json_error(exchange(server.port, raw), 400, "bad_request")
     assert rejection_lines(server, error["request_id"])
     assert "SECRET4" not in server.log_text()
+
+
+@pytest.mark.parametrize("line", [b"Authorization Bearer LEAKME-TOKEN-123", b"Cookie sid=LEAKME-SESSION-456"],
+                         ids=["authorization", "cookie"])
+def test_a_header_line_without_a_colon_is_a_json_400_and_its_value_is_in_no_log(server: GunicornServer, line: bytes):
+    # gunicorn's message quotes the whole line it rejected: the worker logs the class, never str(exc).
+    raw = b"GET /users/1 HTTP/1.1\r\nHost: t\r\n" + line + b"\r\n\r\n"
+    error = assert_json_error(exchange(server.port, raw), 400, "bad_request")
+    assert [entry["level"] for entry in rejection_lines(server, error["request_id"])] == ["WARNING"]
+    assert "LEAKME" not in server.log_text() and "LEAKME" not in server.stderr_text()
+
+
+def test_an_unknown_transfer_coding_is_a_json_501_logged_as_a_warning_never_an_error(server: GunicornServer):
+    # The client's mistake, not ours: any client could otherwise write ERROR lines at will.
+    raw = b"POST /users HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: xchunked\r\nContent-Length: 2\r\n\r\n{}"
+    before = len(server.log_lines())  # the module's server: earlier tests' worker timeouts are ERRORs
+    error = assert_json_error(exchange(server.port, raw), 501, "not_implemented")
+    server.wait_for_messages("rejected request: unsupported transfer coding", 1)
+    assert [(entry["level"], entry["status"]) for entry in rejection_lines(server, error["request_id"])] == [
+        ("WARNING", 501)
+    ]
+    assert not [entry for entry in server.log_lines()[before:] if entry["level"] in ("ERROR", "CRITICAL")]
 
 
 def test_the_rejections_are_counted_in_the_request_metrics(server: GunicornServer):

@@ -72,6 +72,12 @@ class Unavailable(DomainError):
     code = "service_unavailable"
 
 
+class QueuedTooLong(Unavailable):
+    """The request's budget ran out while it waited for a worker (X-Request-Start): its client has gone."""
+
+    code = "queued_too_long"
+
+
 class DeadlineExceeded(DomainError):
     """The request ran out of its time budget (e.g. Postgres statement_timeout)."""
 

@@ -10,8 +10,9 @@ draining worker (workers.py) uses this module to:
   - answer whatever gunicorn's parser rejects (400/414/431/...) in the service's error shape.
 
 gunicorn has no public API for any of this. Relied upon: SyncWorker.handle/handle_request/
-handle_error, its parser reading through the socket's recv(), req.headers and req.body (the
-WSGI input), req._expected_100_continue, util.close_graceful. tests/functional/
+handle_error, its parser reading through the socket's recv(), req.headers, req.body (the
+WSGI input) and req.unreader, ChunkedReader.parse_chunk_size, req._expected_100_continue,
+util.close_graceful. tests/functional/
 test_hostile_clients.py fails if any of them moves.
 """
 
@@ -26,6 +27,7 @@ from http import HTTPStatus
 from typing import Any
 
 from gunicorn.http import errors as gunicorn_errors
+from gunicorn.http.body import Body, ChunkedReader
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from webapp.web.errors import code_for, error_body
@@ -41,11 +43,31 @@ class ClientReadTimeout(RequestTimeout):
 
 
 class BodyTooLarge(RequestEntityTooLarge):
-    """A body (chunked: it announced no length) grew past MAX_BODY_BYTES."""
+    """A body over MAX_BODY_BYTES, told by its Content-Length, its chunk sizes or the bytes that came."""
 
 
 class MalformedBody(BadRequest):
     """The body ended before its framing said it would."""
+
+
+class LimitedChunkedReader(ChunkedReader):
+    """gunicorn's chunked reader, refusing a body as soon as its chunk-size lines announce more than max_bytes.
+
+    The stock reader waits for a chunk's data before anyone can count it: a chunk size over the
+    limit (or `ffffffffffffffffff`) held the worker until the read deadline, then got a 408.
+    """
+
+    def __init__(self, req: Any, unreader: Any, max_bytes: int):
+        super().__init__(req, unreader)
+        self.max_bytes = max_bytes
+        self.announced = 0
+
+    def parse_chunk_size(self, unreader: Any, data: Any = None) -> tuple[int, Any]:
+        size, rest = super().parse_chunk_size(unreader, data)
+        self.announced += size
+        if self.announced > self.max_bytes:
+            raise BodyTooLarge(f"request body exceeds {self.max_bytes} bytes")
+        return size, rest
 
 
 class DeadlineSocket(socket.socket):
@@ -105,6 +127,9 @@ def buffer_body(req: Any, client: Any, max_bytes: int) -> None:
     headers = dict(req.headers)  # names upper-cased by gunicorn; duplicates were refused for framing headers
     if "TRANSFER-ENCODING" in headers:  # gunicorn accepts it only when it ends with chunked
         _send_continue(req, client)
+        # Not one byte read yet (gunicorn parses the body lazily): swap in a reader that counts
+        # each chunk's announced size before waiting for its data.
+        req.body = Body(LimitedChunkedReader(req, req.unreader, max_bytes))
         try:
             # Trap: werkzeug stops reading a chunked body at MAX_CONTENT_LENGTH without asking
             # whether more follows, so an oversized body was cut there and accepted. One byte

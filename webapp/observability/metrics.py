@@ -25,6 +25,8 @@ from prometheus_flask_exporter import PrometheusMetrics
 
 # Seconds: from the fastest answer (a cached read) up to the default 10 s deadline, the slowest.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Seconds a request waited between the proxy and a worker: what queue-time autoscalers read.
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Pool gauges are refreshed at most this often per worker: stats() takes the pool's lock.
 POOL_SAMPLE_SECONDS = 1.0
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -49,6 +51,12 @@ class Metrics:
         self.latency = Histogram(
             "http_request_duration_seconds", "HTTP request latency by route template",
             ["method", "path"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        # No labels: one series per worker file however many routes; observed only when a proxy
+        # sent X-Request-Start, so an instance exposed directly shows none rather than zeros.
+        self.queue = Histogram(
+            "http_request_queue_seconds", "Time from the proxy receiving a request to a worker starting it",
+            buckets=QUEUE_BUCKETS, registry=self.registry,
         )
         # Multi-process gauges need a rule to combine workers: pool figures add up across
         # workers ("livesum" ignores dead ones); a breaker is as bad as its worst worker ("max").
@@ -98,6 +106,10 @@ class Metrics:
             now = time.monotonic()
             if now - self._pool_sampled_at >= POOL_SAMPLE_SECONDS:
                 self._refresh_pool(self._pool_stats, now)
+
+    def observe_queue(self, seconds: float) -> None:
+        """Record how long a request waited for a worker (from the proxy's X-Request-Start)."""
+        self.queue.observe(seconds)
 
     def watch_pool(self, stats: Callable[[], dict[str, int]]) -> None:
         """Sample the pool gauges from stats() as requests finish (at most once a second)."""

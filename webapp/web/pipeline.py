@@ -1,6 +1,6 @@
 """The request pipeline: what wraps every request, written down once, in the order it runs.
 
-    request id → [trace] → deadline → log line + metrics → errors to HTTP → view
+    request id → [trace] → log line + metrics → errors to HTTP → deadline → view
 
 (trace: only with tracing on; off, the step is not in the list and costs nothing.)
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import re
 import time
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, Request, Response, request
 
+from webapp.domain.errors import QueuedTooLong
 from webapp.observability.logs import REQUEST_ID, current_request_id
 from webapp.observability.metrics import Metrics
 from webapp.resilience import Deadline
@@ -38,6 +40,12 @@ Middleware = Callable[[Handler], Handler]
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client may ask for a shorter budget than REQUEST_TIMEOUT (never a longer one).
 TIMEOUT_HEADER = "X-Request-Timeout"
+# When the proxy received the request (deploy/nginx.conf: `t=<seconds.ms>`; Heroku: `<ms>`).
+REQUEST_START_HEADER = "X-Request-Start"
+# Where the deadline step leaves the request's queue time (seconds) for the log line and metrics.
+QUEUE_SECONDS_KEY = "webapp.queue_seconds"
+# An X-Request-Start older than this is a broken clock or a forgery, not a queue: ignored.
+MAX_QUEUE_SECONDS = 86400.0
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Probes run every few seconds; their lines go to DEBUG so they do not drown the rest.
 QUIET_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
@@ -116,11 +124,29 @@ def trace(tracing: Tracing) -> Middleware:
 
 
 def deadline(request_timeout: float) -> Middleware:
-    """current_deadline(): the request's time budget, which every database wait inside it honours."""
+    """current_deadline(): the request's time budget, which every database wait inside it honours.
+
+    With X-Request-Start the budget began when the proxy received the request: the time queued
+    is spent. A request whose budget ran out while queued raises QueuedTooLong (503) before any
+    work; this step runs inside the errors step so that the one error builder answers it.
+    """
 
     def step(next_handler: Handler) -> Handler:
         def handler(req: Request) -> Response:
-            token = _deadline.set(Deadline(budget(req.headers.get(TIMEOUT_HEADER), request_timeout)))
+            headers = req.headers
+            allowed = budget(headers.get(TIMEOUT_HEADER), request_timeout)
+            started = headers.get(REQUEST_START_HEADER)
+            queued = queue_seconds(started, time.time()) if started else None
+            if queued is not None:
+                req.environ[QUEUE_SECONDS_KEY] = queued  # the log step, outside this one, reads it
+                # Probes are answered however long they queued: a queue must not make a live
+                # instance look dead or unready, which would move its load onto the others.
+                if queued >= allowed and req.path not in QUIET_PATHS:
+                    raise QueuedTooLong(
+                        f"the request waited {queued:.1f} s for a worker, past its {allowed:g} s budget; retry"
+                    )
+                allowed = max(0.0, allowed - queued)
+            token = _deadline.set(Deadline(allowed))
             try:
                 return next_handler(req)
             finally:
@@ -151,9 +177,12 @@ def record_request(req: Request, status: int, seconds: float, metrics: Metrics |
     """Count and log req as finished with `status` (also used for a worker timeout)."""
     url_rule, method, path = req.url_rule, req.method, req.path
     rule = url_rule.rule if url_rule else "<unmatched>"  # a bounded label set
+    queued = req.environ.get(QUEUE_SECONDS_KEY)  # only behind a proxy that sends X-Request-Start
     if metrics is not None:
         metrics.observe_request(method, rule, status, seconds)
-    logger.log(_level(status, quiet_probes and path in QUIET_PATHS), "request", extra={
+        if queued is not None:
+            metrics.observe_queue(queued)
+    fields = {
         "method": method,
         "path": rule,
         "raw_path": path,  # never the query string: it may carry tokens
@@ -161,7 +190,10 @@ def record_request(req: Request, status: int, seconds: float, metrics: Metrics |
         "duration_ms": round(seconds * 1000, 2),
         "request_id": current_request_id() or "",
         "remote_addr": req.remote_addr,
-    })
+    }
+    if queued is not None:
+        fields["queue_ms"] = round(queued * 1000, 1)
+    logger.log(_level(status, quiet_probes and path in QUIET_PATHS), "request", extra=fields)
 
 
 def _level(status: int, quiet: bool) -> int:
@@ -203,3 +235,31 @@ def budget(header: str | None, default: float) -> float:
         if 0 < asked < default:
             return asked
     return default
+
+
+def queue_seconds(header: str, now: float) -> float | None:
+    """Seconds between the proxy's X-Request-Start and `now` (time.time()); None when absent or absurd.
+
+    `t=1700000000.123` (nginx's $msec) or `1700000000123` (Heroku's milliseconds); the unit is
+    told by magnitude, so `t=` forms in micro- or nanoseconds (some proxies send them) also work:
+    now in seconds is ~1.7e9, in ms ~1.7e12, in µs ~1.7e15, in ns ~1.7e18. The proxy's wall clock
+    against ours: skew between hosts is error in the result. A stamp in the future (skew, or a
+    forgery) counts as no queue: a header can only shorten its own request's budget, never extend it.
+    """
+    value = header[2:] if header.startswith("t=") else header
+    try:
+        stamp = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(stamp) or stamp <= 0:
+        return None
+    if stamp >= 1e17:
+        stamp /= 1e9
+    elif stamp >= 1e14:
+        stamp /= 1e6
+    elif stamp >= 1e11:
+        stamp /= 1e3
+    queued = now - stamp
+    if queued > MAX_QUEUE_SECONDS:
+        return None
+    return max(0.0, queued)
