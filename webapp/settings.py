@@ -77,13 +77,54 @@ class Config:
     __str__ = __repr__
 
 
+# key=value DSNs and URL query strings: password=..., a quoted value (with \' escapes) or up to & or a space.
+_PASSWORD_PARAM = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&'\"]+)", re.IGNORECASE)
+# In free text a URL, or a host libpq misread, is a word: it ends at whitespace or a quote.
+_WORD_WITH_AT = re.compile(r"[^\s'\"<>]*@[^\s'\"<>]*")
+_ANY_SECRET = re.compile(r"@|password", re.IGNORECASE)
+
+
 def mask_url(url: str | None) -> str:
-    """Return url with any password replaced by ***, safe for logs and messages."""
+    """Return a URL or key=value DSN with any password replaced by ***, safe for logs and messages."""
     if not url:
         return ""
-    # Key/value DSNs ("host=... password=...") and URLs both exist in the wild.
-    url = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url, flags=re.IGNORECASE)
-    return re.sub(r"(//[^:/@?#]*:)[^@/?#]*@", r"\1***@", url)
+    scheme, sep, rest = url.partition("://")
+    return scheme + sep + _mask_user_info(rest) if sep else _PASSWORD_PARAM.sub(r"\1***", url)
+
+
+def mask_secrets(text: str) -> str:
+    """Return free text (a driver's message, a log line) with every password in it masked.
+
+    URLs and key=value DSNs as mask_url masks them, and any other word with an @ up to its last @:
+    libpq reads the tail of a password with an unescaped @ as the host, and quotes that host in
+    its errors ("failed to resolve host 'ss@w0rd@127.0.0.1'").
+    """
+    if not _ANY_SECRET.search(text):  # the common case, and cheap
+        return text
+    return _WORD_WITH_AT.sub(_mask_word, _PASSWORD_PARAM.sub(r"\1***", text))
+
+
+def _mask_word(match: re.Match[str]) -> str:
+    scheme, sep, rest = match[0].partition("://")
+    return scheme + sep + _mask_user_info(rest) if sep else "***" + match[0][match[0].rfind("@"):]
+
+
+def _mask_user_info(rest: str) -> str:
+    """What follows a URL's ://, masked from the user's first : up to the LAST @.
+
+    Trap: a password may hold @ / ? # : unescaped. libpq ends the user info at the first @ and
+    reads the rest as the host, so masking up to the first @ leaks the password's tail; masking up
+    to the last @ hides too much only when the query string holds an @: the safe side.
+    """
+    at = rest.rfind("@")
+    if at >= 0:
+        user, colon, _password = rest[:at].partition(":")
+        if colon:
+            user += ":***"
+        elif "/" in user or "@" in user:  # no password, but not a plain user name either
+            user = "***"
+        rest = user + rest[at:]
+    return _PASSWORD_PARAM.sub(r"\1***", rest)
 
 
 class MappingEnv(environs.Env):
@@ -147,16 +188,33 @@ def _database_url(value: str) -> str:
     if scheme not in ("postgres", "postgresql"):
         raise environs.EnvError("must be a postgres:// or postgresql:// URL")
     try:
-        conninfo_to_dict(value)
+        parsed = conninfo_to_dict(value)
     except psycopg.ProgrammingError:  # never `from exc`: libpq's message quotes the password
         # Else the URL fails later, in migrate or the pool, with the raw token in the message.
-        raise environs.EnvError(
-            "libpq cannot parse this URL: percent-encode reserved characters in the user and password "
-            "(% as %25, @ as %40, / as %2F, : as %3A)"
-        ) from None
+        raise environs.EnvError(f"libpq cannot parse this URL: {_PERCENT_ENCODE}") from None
+    if _misread_user_info(value, parsed):
+        # libpq accepts it, reads part of the password as the host or port, and quotes that in
+        # every connection error: refused here, before anything can print it.
+        raise environs.EnvError(f"libpq would read part of the password as the host: {_PERCENT_ENCODE}")
     if scheme == "postgres":  # libpq accepts both; normalise so logs look the same
         value = "postgresql" + value[len("postgres") :]
     return value
+
+
+_PERCENT_ENCODE = "percent-encode reserved characters in the user and password (% as %25, @ as %40, / as %2F, : as %3A)"
+
+
+def _misread_user_info(url: str, parsed: dict[str, Any]) -> bool:
+    """True when the URL has an unescaped @ or / in its user info, which libpq silently misreads.
+
+    libpq ends the user info at the first @ (none if a / comes first): `u:p@ss@db` connects to
+    host `ss@db`, `u:p/ss@db` to host `u`, port `p`. No host or port legitimately holds such text.
+    """
+    head = url.partition("://")[2].partition("?")[0]
+    before_last_at = head[: head.rfind("@")] if "@" in head else ""
+    hosts, ports = str(parsed.get("host") or ""), str(parsed.get("port") or "")
+    return ("@" in before_last_at or "/" in before_last_at or "@" in hosts
+            or any(not port.isdigit() for port in ports.split(",") if port))
 
 
 def _redis_url(value: str | None) -> str | None:
