@@ -19,7 +19,7 @@ from webapp.services.health import HealthService
 from webapp.services.orders import OrderService
 from webapp.services.ports import UserCache
 from webapp.services.users import UserService
-from webapp.settings import GUNICORN_SETTINGS_MARKER, Config, ConfigError, load_config
+from webapp.settings import GUNICORN_SETTINGS_MARKER, LOG_FORMATS, Config, ConfigError, load_config
 from webapp.web import pipeline
 from webapp.web.blueprints.health import health_blueprint
 from webapp.web.blueprints.meta import meta_blueprint
@@ -48,7 +48,7 @@ def create_app(
     the network: the pool connects in the background, the cache on first use.
     """
     # 1. Configuration: validated once, then frozen. Logging and metrics before anything logs.
-    config = config or load_config()
+    config = config or _load_config_or_refuse_to_boot(os.environ)
     configure_logging(config.log_level, log_format=config.log_format)
     warn_if_served_without_settings(os.environ)
     metrics = metrics or Metrics(config.metrics_multiproc_dir)
@@ -56,6 +56,7 @@ def create_app(
 
     # 2. Infrastructure: the Postgres pool (its breaker fails fast while Postgres is silent or
     #    gone), and the optional Redis cache behind a breaker of its own.
+    metrics.breaker_moved("database", "closed", "closed")  # the gauge exists from the start, before any move
     database = database or Database(
         config.database_url,
         min_size=config.db_pool_min,
@@ -133,6 +134,32 @@ def start_tracing(config: Config, metrics: Metrics) -> Tracing | None:
         raise ConfigError({"OTEL_EXPORTER_OTLP_ENDPOINT": [
             f"tracing needs the [tracing] extra (pip install 'webapp[tracing]'): {exc.name} is missing"]}) from None
     return Tracing(config.tracing, on_drop=metrics.spans_dropped_by)
+
+
+# gunicorn's Arbiter.WORKER_BOOT_ERROR: a worker exiting with it makes the master stop, not respawn.
+WORKER_BOOT_ERROR = 3
+
+
+def _load_config_or_refuse_to_boot(environ: Mapping[str, str]) -> Config:
+    """load_config, but inside a gunicorn worker an invalid environment ends in one JSON line and exit 3.
+
+    Trap: gunicorn prints a traceback for any exception in create_app, per worker, then "Worker
+    failed to boot". Only a bare gunicorn gets here (our settings check the config before forking);
+    elsewhere (the Flask CLI, tests) the ConfigError propagates and prints as one line.
+    """
+    try:
+        return load_config(environ)
+    except ConfigError as exc:
+        if not environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
+            raise
+        log_format = environ.get("LOG_FORMAT", "json")
+        configure_logging("info", log_format=log_format if log_format in LOG_FORMATS else "json")
+        logging.getLogger("webapp.serving").error(
+            "invalid configuration; not starting: %s", "; ".join(sorted(exc.problems)),
+            extra={"problems": exc.problems,
+                   "hint": "a bare gunicorn reads no .env: start it with `webapp serve`, or set the variables"},
+        )
+        raise SystemExit(WORKER_BOOT_ERROR) from None
 
 
 def warn_if_served_without_settings(environ: Mapping[str, str]) -> None:

@@ -6,7 +6,7 @@ import contextlib
 import importlib.util
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,6 +15,8 @@ import click
 import dotenv
 import environs
 import psycopg
+from marshmallow import ValidationError
+from marshmallow.fields import Boolean
 from marshmallow.validate import OneOf, Range
 from psycopg.conninfo import conninfo_to_dict
 
@@ -36,6 +38,154 @@ class ConfigError(click.ClickException):
         self.problems = problems
         parts = [f"{name}: {' '.join(msgs)}" for name, msgs in sorted(problems.items())]
         super().__init__("invalid configuration: " + "; ".join(parts))
+
+
+REQUIRED: Any = ...  # a Setting's default when it has none
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: how it is parsed, its default, what it means, and who reads it.
+
+    kind is the MappingEnv method that parses it; reader is "app" (load_config), "server"
+    (load_server_settings), "both", or "entry" (an entry point or gunicorn itself, never parsed here;
+    webapp/gunicorn/settings.py also reads PROMETHEUS_MULTIPROC_DIR, an app setting, to pick its default).
+    shown is the default as documented when the code computes it.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    meaning: str
+    reader: str = "app"
+    shown: str | None = None
+
+    @property
+    def documented_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        if self.default is REQUIRED:
+            return "**required**"
+        if self.default is None:
+            return "unset"
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+
+
+# The one table of every variable the service reads: load_config and load_server_settings take
+# their defaults from it; `webapp <command> --help`, `webapp settings --markdown` (README) and
+# `--env-example` (.env.example) are generated from it; tests/unit/test_settings_table.py fails
+# when a variable is read without a row here.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATABASE_URL", "database_url", REQUIRED,
+            "`postgres://`, `postgresql://`, or the unix-socket form `postgresql://postgres:@/postgres?host=/path`; "
+            "percent-encode reserved characters in the password (`@` as `%40`, `/` as `%2F`, `%` as `%25`). "
+            "Straight to Postgres or through a transaction-mode pooler (PgBouncer): both are safe by default. "
+            "`webapp dev` starts an embedded Postgres without it"),
+    Setting("LOG_LEVEL", "str", "info", "`debug`, `info`, `warning` or `error`: the app's level and gunicorn's",
+            reader="both"),
+    Setting("LOG_FORMAT", "str", "json",
+            "`json` (one object per line, for a log store) or `console` (readable lines at a terminal)",
+            reader="both"),
+    Setting("REQUEST_TIMEOUT", "float", 10.0,
+            "seconds; each request's deadline (> 0, ≤ 300). It bounds the pool wait, every statement on the server "
+            "(`SET LOCAL statement_timeout` with each `BEGIN`), every wait on the client (the watchdog cuts a silent "
+            "server at deadline + 0.5 s) and retry sleeps. A client may ask for less with "
+            "`X-Request-Timeout: <seconds>`"),
+    Setting("DB_POOL_MIN", "int", 1, "connections per worker kept open (≤ `DB_POOL_MAX`)"),
+    Setting("DB_POOL_MAX", "int", 2,
+            "connections per worker: a sync worker runs one request at a time, plus one for a concurrent health check"),
+    Setting("DB_POOL_TIMEOUT", "float", 2.0, "max seconds to wait for a free connection (then 503)"),
+    Setting("DB_POOL_MAX_WAITING", "int", 32, "max requests queued for a connection (the next one gets 503 at once)"),
+    Setting("DB_PREPARED_STATEMENTS", "auto_or_bool", "auto",
+            "server-side prepared statements (psycopg's `prepare_threshold` 5). `auto`: on for a connection that "
+            "reaches Postgres itself, off through a pooler, found out per connection; `true`/`false` force it "
+            "(`true` never through PgBouncer < 1.21)"),
+    Setting("DB_BREAKER_RESET_AFTER", "float", 1.0,
+            "seconds the database breaker stays open after a connection failed or went silent, before one trial "
+            "call (which waits at most `HEALTH_TIMEOUT`)"),
+    Setting("REDIS_URL", "redis_url", None, "enables the user cache (`redis://`, `rediss://`, `unix://`)"),
+    Setting("CACHE_TTL", "int", 300, "seconds a cached user lives"),
+    Setting("CACHE_SOCKET_TIMEOUT", "float", 0.05, "Redis connect/read timeout in seconds"),
+    Setting("HEALTH_TIMEOUT", "float", 1.0, "per-check timeout of `/readyz` and `/healthz` in seconds (≤ 2)"),
+    Setting("BREAKER_THRESHOLD", "int", 5, "consecutive failures that open the cache breaker"),
+    Setting("BREAKER_RESET_AFTER", "float", 5.0, "seconds the cache breaker stays open before a trial call"),
+    Setting("METRICS_TOKEN", "str", None,
+            "when set, `/metrics` needs `Authorization: Bearer <token>`; unset: loopback callers only, and never "
+            "a request that came through a proxy"),
+    Setting("PROMETHEUS_MULTIPROC_DIR", "str", None,
+            "where gunicorn's workers share metrics; under `webapp serve` a fresh `/dev/shm/webapp-metrics-<master "
+            "pid>` by default, wiped at start and removed at exit. Keep it on tmpfs: it is written on every request",
+            shown="a fresh folder per master"),
+    Setting("MAX_BODY_BYTES", "int", 64 * 1024,
+            "larger bodies are refused with 413 (from `Content-Length`, or while a chunked body is read)"),
+    Setting("IDEMPOTENCY_RETENTION_HOURS", "int", 24, "how long an `Idempotency-Key` replays the order it placed"),
+    # `webapp migrate` (docs/operations.md, "Releasing").
+    Setting("MIGRATION_LOCK_TIMEOUT", "float", 2.0,
+            "`webapp migrate`: seconds a statement may wait for a lock before it is cancelled and its file rolled "
+            "back and retried (a waiting `ALTER` queues every later request on its table)"),
+    Setting("MIGRATION_ATTEMPTS", "int", 5,
+            "`webapp migrate`: tries per file when a lock was not granted in time, with jittered backoff; then "
+            "the release fails, naming the lock and who held it"),
+    Setting("MIGRATION_STATEMENT_TIMEOUT", "float", 300.0, "`webapp migrate`: seconds one statement may run"),
+    # OpenTelemetry's own variables (docs/operations.md, "Tracing"); tracing is off without an endpoint.
+    Setting("OTEL_EXPORTER_OTLP_ENDPOINT", "str", None,
+            "OTLP/HTTP collector base URL (`/v1/traces` is appended); unset: tracing off. Needs the `[tracing]` extra"),
+    Setting("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "str", None,
+            "the traces URL itself, used as it is (wins over the above)"),
+    Setting("OTEL_SERVICE_NAME", "str", "webapp", "the service name on every span"),
+    Setting("OTEL_TRACES_SAMPLER", "str", "parentbased_always_on",
+            "`always_on`, `always_off`, `traceidratio`, `parentbased_*`: which requests are traced"),
+    Setting("OTEL_TRACES_SAMPLER_ARG", "float", 1.0, "the ratio for the `*traceidratio` samplers (0 to 1)"),
+    Setting("OTEL_SDK_DISABLED", "bool", False, "`true`: tracing off whatever else is set"),
+    Setting("OTEL_BSP_MAX_QUEUE_SIZE", "int", 2048,
+            "spans waiting for export per worker; past it spans are dropped (counted in `/metrics`), never waited for"),
+    Setting("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "int", 512, "spans per export (≤ the queue size)"),
+    Setting("OTEL_BSP_SCHEDULE_DELAY", "int", 5000, "milliseconds between exports"),
+    Setting("OTEL_EXPORTER_OTLP_TIMEOUT", "int", 10_000,
+            "milliseconds an export may take (then its spans are dropped)"),
+    Setting("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "int", None, "the same for traces only (wins over the above)",
+            shown="`OTEL_EXPORTER_OTLP_TIMEOUT`"),
+    Setting("OTEL_EXPORTER_OTLP_PROTOCOL", "str", "http/protobuf", "only `http/protobuf` (the extra's exporter)"),
+    Setting("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "str", None, "the same for traces only",
+            shown="`OTEL_EXPORTER_OTLP_PROTOCOL`"),
+    # gunicorn's, read by webapp.gunicorn.settings (webapp/gunicorn/server_settings.py); docs/operations.md says why.
+    Setting("PORT", "int", 8000, "port gunicorn binds", reader="server"),
+    Setting("BIND_HOST", "str", "0.0.0.0",
+            "address gunicorn binds: all interfaces, as a platform's router needs; `webapp dev` binds 127.0.0.1",
+            reader="server"),
+    Setting("WEB_CONCURRENCY", "int", None,
+            "sync worker processes, each with its own pool of `DB_POOL_MAX` connections; usable CPUs are counted "
+            "from the cgroup CPU quota. `webapp dev` starts 2", reader="server", shown="2 × usable CPUs + 1"),
+    Setting("GUNICORN_TIMEOUT", "int", 15,
+            "seconds a request may run before its worker is aborted (JSON 504); above `REQUEST_TIMEOUT`",
+            reader="server"),
+    Setting("GUNICORN_GRACEFUL_TIMEOUT", "int", 20,
+            "seconds a stop waits for requests in flight before SIGKILL; ≥ `GUNICORN_TIMEOUT`", reader="server"),
+    Setting("SHUTDOWN_DRAIN_SECONDS", "float", 1.0,
+            "seconds to keep serving after SIGTERM while `/readyz` already says 503 (0–10)", reader="server"),
+    Setting("CLIENT_READ_TIMEOUT", "float", None,
+            "seconds a request's headers and body may take to arrive after accept, else a JSON 408 (a slow client "
+            "holds a sync worker); below `GUNICORN_TIMEOUT`", reader="server",
+            shown="5 (at most half of `GUNICORN_TIMEOUT`)"),
+    Setting("PRESTOP_SECONDS", "float", 0.0,
+            "a Kubernetes preStop delay before the SIGTERM, inside the same grace period: counted in the stop window",
+            reader="server"),
+    Setting("STOP_WINDOW_SECONDS", "float", 30.0,
+            "seconds the platform waits between SIGTERM (or the preStop hook) and SIGKILL: Heroku's 30 s, "
+            "Kubernetes' `terminationGracePeriodSeconds`", reader="server"),
+    Setting("GUNICORN_BACKLOG", "int", 256, "listen backlog: connections the kernel queues for the workers",
+            reader="server"),
+    Setting("GUNICORN_MAX_REQUESTS", "int", 0,
+            "recycle a worker after this many requests (plus up to 10 % jitter); 0: never", reader="server"),
+    # Read by an entry point or by gunicorn itself, never parsed into a Config.
+    Setting("GUNICORN_CMD_ARGS", "str", None,
+            "extra gunicorn arguments, read by gunicorn itself; `-c python:webapp.gunicorn.settings` gives a bare "
+            "`gunicorn` command this service's settings", reader="entry"),
+    Setting("FLASK_SKIP_DOTENV", "str", None,
+            "`1`: no entry point reads `.env` (by default `webapp`, gunicorn with our settings and `flask` read "
+            "the nearest one upwards; variables already set win)", reader="entry"),
+)
+SETTING = {setting.name: setting for setting in SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -84,13 +234,54 @@ class Config:
     __str__ = __repr__
 
 
+# key=value DSNs and URL query strings: password=..., a quoted value (with \' escapes) or up to & or a space.
+_PASSWORD_PARAM = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&'\"]+)", re.IGNORECASE)
+# In free text a URL, or a host libpq misread, is a word: it ends at whitespace or a quote.
+_WORD_WITH_AT = re.compile(r"[^\s'\"<>]*@[^\s'\"<>]*")
+_ANY_SECRET = re.compile(r"@|password", re.IGNORECASE)
+
+
 def mask_url(url: str | None) -> str:
-    """Return url with any password replaced by ***, safe for logs and messages."""
+    """Return a URL or key=value DSN with any password replaced by ***, safe for logs and messages."""
     if not url:
         return ""
-    # Key/value DSNs ("host=... password=...") and URLs both exist in the wild.
-    url = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url, flags=re.IGNORECASE)
-    return re.sub(r"(//[^:/@?#]*:)[^@/?#]*@", r"\1***@", url)
+    scheme, sep, rest = url.partition("://")
+    return scheme + sep + _mask_user_info(rest) if sep else _PASSWORD_PARAM.sub(r"\1***", url)
+
+
+def mask_secrets(text: str) -> str:
+    """Return free text (a driver's message, a log line) with every password in it masked.
+
+    URLs and key=value DSNs as mask_url masks them, and any other word with an @ up to its last @:
+    libpq reads the tail of a password with an unescaped @ as the host, and quotes that host in
+    its errors ("failed to resolve host 'ss@w0rd@127.0.0.1'").
+    """
+    if not _ANY_SECRET.search(text):  # the common case, and cheap
+        return text
+    return _WORD_WITH_AT.sub(_mask_word, _PASSWORD_PARAM.sub(r"\1***", text))
+
+
+def _mask_word(match: re.Match[str]) -> str:
+    scheme, sep, rest = match[0].partition("://")
+    return scheme + sep + _mask_user_info(rest) if sep else "***" + match[0][match[0].rfind("@"):]
+
+
+def _mask_user_info(rest: str) -> str:
+    """What follows a URL's ://, masked from the user's first : up to the LAST @.
+
+    Trap: a password may hold @ / ? # : unescaped. libpq ends the user info at the first @ and
+    reads the rest as the host, so masking up to the first @ leaks the password's tail; masking up
+    to the last @ hides too much only when the query string holds an @: the safe side.
+    """
+    at = rest.rfind("@")
+    if at >= 0:
+        user, colon, _password = rest[:at].partition(":")
+        if colon:
+            user += ":***"
+        elif "/" in user or "@" in user:  # no password, but not a plain user name either
+            user = "***"
+        rest = user + rest[at:]
+    return _PASSWORD_PARAM.sub(r"\1***", rest)
 
 
 class MappingEnv(environs.Env):
@@ -105,6 +296,16 @@ class MappingEnv(environs.Env):
     def __init__(self, environ: Mapping[str, str]):
         super().__init__(eager=False)  # eager=False: collect every error, raise once in seal()
         self._mapping = environ
+        self.add_parser("database_url", _database_url)
+        self.add_parser("redis_url", _redis_url)
+        self.add_parser("auto_or_bool", _auto_or_bool)
+
+    def setting(self, name: str, default: Any = REQUIRED, **kwargs: Any) -> Any:
+        """The variable parsed as its row in SETTINGS says, with the row's default unless one is given."""
+        row = SETTING[name]
+        default = row.default if default is REQUIRED else default
+        return getattr(self, row.kind)(name, **kwargs) if default is REQUIRED else \
+            getattr(self, row.kind)(name, default, **kwargs)
 
     def _get_value(self, env_key: str, default: Any) -> Any:
         return self._mapping.get(env_key, default)
@@ -122,6 +323,11 @@ class MappingEnv(environs.Env):
 
 def config_variables() -> list[str]:
     """The name of every variable load_config reads, in its order (for `webapp <command> --help`)."""
+    return variables_read(load_config)
+
+
+def variables_read(load: Callable[[Mapping[str, str]], object]) -> list[str]:
+    """The name of every variable load(environ) asks its environ for, in order (an empty environ)."""
     asked: list[str] = []
 
     class Recorder(dict[str, str]):
@@ -130,7 +336,7 @@ def config_variables() -> list[str]:
             return default
 
     with contextlib.suppress(ConfigError):  # DATABASE_URL is missing, of course
-        load_config(Recorder())
+        load(Recorder())
     return asked
 
 
@@ -154,16 +360,33 @@ def _database_url(value: str) -> str:
     if scheme not in ("postgres", "postgresql"):
         raise environs.EnvError("must be a postgres:// or postgresql:// URL")
     try:
-        conninfo_to_dict(value)
+        parsed = conninfo_to_dict(value)
     except psycopg.ProgrammingError:  # never `from exc`: libpq's message quotes the password
         # Else the URL fails later, in migrate or the pool, with the raw token in the message.
-        raise environs.EnvError(
-            "libpq cannot parse this URL: percent-encode reserved characters in the user and password "
-            "(% as %25, @ as %40, / as %2F, : as %3A)"
-        ) from None
+        raise environs.EnvError(f"libpq cannot parse this URL: {_PERCENT_ENCODE}") from None
+    if _misread_user_info(value, parsed):
+        # libpq accepts it, reads part of the password as the host or port, and quotes that in
+        # every connection error: refused here, before anything can print it.
+        raise environs.EnvError(f"libpq would read part of the password as the host: {_PERCENT_ENCODE}")
     if scheme == "postgres":  # libpq accepts both; normalise so logs look the same
         value = "postgresql" + value[len("postgres") :]
     return value
+
+
+_PERCENT_ENCODE = "percent-encode reserved characters in the user and password (% as %25, @ as %40, / as %2F, : as %3A)"
+
+
+def _misread_user_info(url: str, parsed: dict[str, Any]) -> bool:
+    """True when the URL has an unescaped @ or / in its user info, which libpq silently misreads.
+
+    libpq ends the user info at the first @ (none if a / comes first): `u:p@ss@db` connects to
+    host `ss@db`, `u:p/ss@db` to host `u`, port `p`. No host or port legitimately holds such text.
+    """
+    head = url.partition("://")[2].partition("?")[0]
+    before_last_at = head[: head.rfind("@")] if "@" in head else ""
+    hosts, ports = str(parsed.get("host") or ""), str(parsed.get("port") or "")
+    return ("@" in before_last_at or "/" in before_last_at or "@" in hosts
+            or any(not port.isdigit() for port in ports.split(",") if port))
 
 
 def _redis_url(value: str | None) -> str | None:
@@ -175,43 +398,44 @@ def _redis_url(value: str | None) -> str | None:
     return value
 
 
-def _auto_or_bool(env: environs.Env, name: str) -> bool | None:
-    """None for "auto" (the default: the code decides), else the variable read as environs' boolean."""
-    if env.str(name, "auto").strip().lower() == "auto":
+def _auto_or_bool(value: str) -> bool | None:
+    """None for "auto" (the code decides), else the value read as environs reads a boolean."""
+    if value.strip().lower() == "auto":
         return None
-    return env.bool(name)
+    try:
+        return bool(Boolean().deserialize(value))
+    except ValidationError:
+        raise environs.EnvError("must be auto, true or false") from None
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> Config:
     """Build a Config from environ (default os.environ), or raise ConfigError naming every problem."""
     env = MappingEnv(os.environ if environ is None else environ)
-    env.add_parser("database_url", _database_url)
-    env.add_parser("redis_url", _redis_url)
     positive = Range(min=0, min_inclusive=False)
     values: dict[str, Any] = dict(
-        database_url=env.database_url("DATABASE_URL"),
-        log_level=env.str("LOG_LEVEL", "info", validate=OneOf(LOG_LEVELS)),
-        log_format=env.str("LOG_FORMAT", "json", validate=OneOf(LOG_FORMATS)),
-        request_timeout=env.float("REQUEST_TIMEOUT", 10.0, validate=Range(0, 300, min_inclusive=False)),
-        db_pool_min=env.int("DB_POOL_MIN", 1, validate=Range(0, 1000)),
-        db_pool_max=env.int("DB_POOL_MAX", 2, validate=Range(1, 1000)),
-        db_pool_timeout=env.float("DB_POOL_TIMEOUT", 2.0, validate=positive),
-        db_pool_max_waiting=env.int("DB_POOL_MAX_WAITING", 32, validate=Range(1, 10_000)),
-        db_prepared_statements=_auto_or_bool(env, "DB_PREPARED_STATEMENTS"),
-        db_breaker_reset_after=env.float("DB_BREAKER_RESET_AFTER", 1.0, validate=Range(0, 60)),
-        redis_url=env.redis_url("REDIS_URL", None),
-        cache_ttl=env.int("CACHE_TTL", 300, validate=Range(1, 86_400)),
-        cache_socket_timeout=env.float("CACHE_SOCKET_TIMEOUT", 0.05, validate=Range(0, 5, min_inclusive=False)),
-        health_timeout=env.float("HEALTH_TIMEOUT", 1.0, validate=Range(0, 2, min_inclusive=False)),
-        breaker_threshold=env.int("BREAKER_THRESHOLD", 5, validate=Range(1, 1000)),
-        breaker_reset_after=env.float("BREAKER_RESET_AFTER", 5.0, validate=positive),
-        metrics_token=env.str("METRICS_TOKEN", None) or None,
-        metrics_multiproc_dir=env.str("PROMETHEUS_MULTIPROC_DIR", None) or None,
-        max_body_bytes=env.int("MAX_BODY_BYTES", 64 * 1024, validate=Range(1024, 10 * 1024 * 1024)),
-        idempotency_retention_hours=env.int("IDEMPOTENCY_RETENTION_HOURS", 24, validate=Range(1, 24 * 30)),
-        migration_lock_timeout=env.float("MIGRATION_LOCK_TIMEOUT", 2.0, validate=Range(0, 60, min_inclusive=False)),
-        migration_attempts=env.int("MIGRATION_ATTEMPTS", 5, validate=Range(1, 100)),
-        migration_statement_timeout=env.float("MIGRATION_STATEMENT_TIMEOUT", 300.0, validate=positive),
+        database_url=env.setting("DATABASE_URL"),
+        log_level=env.setting("LOG_LEVEL", validate=OneOf(LOG_LEVELS)),
+        log_format=env.setting("LOG_FORMAT", validate=OneOf(LOG_FORMATS)),
+        request_timeout=env.setting("REQUEST_TIMEOUT", validate=Range(0, 300, min_inclusive=False)),
+        db_pool_min=env.setting("DB_POOL_MIN", validate=Range(0, 1000)),
+        db_pool_max=env.setting("DB_POOL_MAX", validate=Range(1, 1000)),
+        db_pool_timeout=env.setting("DB_POOL_TIMEOUT", validate=positive),
+        db_pool_max_waiting=env.setting("DB_POOL_MAX_WAITING", validate=Range(1, 10_000)),
+        db_prepared_statements=env.setting("DB_PREPARED_STATEMENTS"),
+        db_breaker_reset_after=env.setting("DB_BREAKER_RESET_AFTER", validate=Range(0, 60)),
+        redis_url=env.setting("REDIS_URL"),
+        cache_ttl=env.setting("CACHE_TTL", validate=Range(1, 86_400)),
+        cache_socket_timeout=env.setting("CACHE_SOCKET_TIMEOUT", validate=Range(0, 5, min_inclusive=False)),
+        health_timeout=env.setting("HEALTH_TIMEOUT", validate=Range(0, 2, min_inclusive=False)),
+        breaker_threshold=env.setting("BREAKER_THRESHOLD", validate=Range(1, 1000)),
+        breaker_reset_after=env.setting("BREAKER_RESET_AFTER", validate=positive),
+        metrics_token=env.setting("METRICS_TOKEN") or None,
+        metrics_multiproc_dir=env.setting("PROMETHEUS_MULTIPROC_DIR") or None,
+        max_body_bytes=env.setting("MAX_BODY_BYTES", validate=Range(1024, 10 * 1024 * 1024)),
+        idempotency_retention_hours=env.setting("IDEMPOTENCY_RETENTION_HOURS", validate=Range(1, 24 * 30)),
+        migration_lock_timeout=env.setting("MIGRATION_LOCK_TIMEOUT", validate=Range(0, 60, min_inclusive=False)),
+        migration_attempts=env.setting("MIGRATION_ATTEMPTS", validate=Range(1, 100)),
+        migration_statement_timeout=env.setting("MIGRATION_STATEMENT_TIMEOUT", validate=positive),
     )
     tracing = _tracing_values(env)
     problems = env.problems()

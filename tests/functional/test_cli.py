@@ -128,3 +128,33 @@ def test_a_successful_check_logs_the_database_without_its_password(database_url:
     logged = capsys.readouterr().out
     assert "configuration ok" in logged
     assert "hunter2-secret" not in logged and "***" in logged
+
+
+# Each password holds a character that ends or splits part of a URL; libpq accepts every URL here.
+_MISREAD_URLS = ["postgres://u:p@ss@w0rd@127.0.0.1:1/x", "postgres://u:p:ss/w0rd@127.0.0.1:1/x"]
+_ENCODED_URL = "postgres://u:p%40ss%2Fw0rd%3A%25@127.0.0.1:1/x"  # the same characters, percent-encoded
+
+
+@pytest.mark.parametrize("command", ["check", "migrate"])
+@pytest.mark.parametrize("url", _MISREAD_URLS)
+def test_a_password_libpq_would_misread_is_refused_by_the_real_cli_and_never_shown(command: str, url: str,
+                                                                                     tmp_path: Path):
+    done = subprocess.run([sys.executable, "-m", "webapp", command], env={**_CLEAN_ENV, "DATABASE_URL": url},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stdout == "" and len(done.stderr.splitlines()) == 1
+    assert "DATABASE_URL" in done.stderr and "@ as %40" in done.stderr and "Traceback" not in done.stderr
+    assert "w0rd" not in done.stderr and "ss@" not in done.stderr and "p:ss" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["check", "migrate"])
+def test_an_encoded_password_never_appears_in_the_real_clis_connection_error(command: str, tmp_path: Path):
+    done = subprocess.run([sys.executable, "-m", "webapp", command],
+                          env={**_CLEAN_ENV, "DATABASE_URL": _ENCODED_URL},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "refused" in done.stderr.lower()
+    output = done.stdout + done.stderr
+    assert "w0rd" not in output and "p%40ss" not in output and "p@ss" not in output
+    if command == "check":  # check names the database it tried, masked
+        assert "postgres://u:***@127.0.0.1:1/x" in done.stderr or "postgresql://u:***@127.0.0.1:1/x" in done.stderr

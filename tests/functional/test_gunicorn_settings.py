@@ -167,6 +167,20 @@ def test_a_bare_gunicorn_logs_one_warning_naming_what_is_missing_and_how_to_get_
     assert any("draining" in item for item in warning["missing"])
 
 
+def test_a_bare_gunicorn_without_database_url_stops_with_one_json_line_naming_it_and_no_traceback(tmp_path: Path):
+    # A folder with only a .env that lacks DATABASE_URL (a bare gunicorn reads no .env anyway).
+    (tmp_path / ".env").write_text("LOG_LEVEL=info\n")
+    env = {k: v for k, v in child_env().items() if k != "FLASK_SKIP_DOTENV"}
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{free_port()}", "webapp:create_app()"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3  # gunicorn's "Worker failed to boot": the master stops instead of respawning
+    [line] = done.stdout.splitlines()
+    logged = json.loads(line)
+    assert logged["level"] == "ERROR" and "DATABASE_URL" in logged["message"]
+    assert set(logged["problems"]) == {"DATABASE_URL"}
+    assert "Traceback" not in done.stdout + done.stderr
+
+
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="this machine has no /dev/shm")
 def test_workers_share_the_default_metrics_folder_though_the_package_imported_prometheus_first(
     server_url: str, tmp_path: Path,

@@ -50,10 +50,11 @@ def test_livez_stays_200_when_the_database_is_unreachable(closed_port: int, apps
     assert time.monotonic() - started < 0.2  # a database outage must not get the process restarted
 
 
-def test_readyz_without_a_cache_is_200_degraded(client):
+def test_readyz_without_a_configured_cache_is_200_ok_with_the_cache_disabled(client):
+    # What a newcomer's `make run` answers first: no Redis configured is no fault.
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json == {"status": "degraded", "checks": {"database": "ok", "cache": "disabled"}}
+    assert response.json == {"status": "ok", "checks": {"database": "ok", "cache": "disabled"}}
 
 
 def test_readyz_with_database_and_cache_up_is_200_ok(database_url: str, db, redis_url: str, apps: list[Flask]):

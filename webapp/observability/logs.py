@@ -13,6 +13,8 @@ from typing import IO, Any
 
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+from webapp.settings import mask_secrets
+
 HANDLER_NAME = "webapp-json"
 CONSOLE_HANDLER_NAME = "webapp-console"  # LOG_FORMAT=console; configure_logging replaces either kind
 # From a "?" to the end of the message: gunicorn quotes a rejected request line raw, so the query
@@ -62,6 +64,32 @@ class RedactQueryStrings(logging.Filter):
             record.msg = _QUERY_STRING.sub("?<redacted>", record.getMessage())
             record.args = None
         return True
+
+
+class MaskSecrets(logging.Filter):
+    """Mask passwords in every line's message and traceback, whoever logged it (mask_secrets).
+
+    Our own code masks what it logs; a driver's message does not: psycopg's pool quotes libpq's
+    errors, which may quote a host misread from a password.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            message = record.getMessage()
+            masked = mask_secrets(message)
+            if masked != message:
+                record.msg, record.args = masked, None
+        if record.exc_info:
+            # Formatted here, masked, and exc_info dropped: python-json-logger would format it again
+            # from exc_info; every formatter prints exc_text when exc_info is gone.
+            record.exc_text = mask_secrets(record.exc_text or _TRACEBACKS.formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = mask_secrets(record.stack_info)
+        return True
+
+
+_TRACEBACKS = logging.Formatter()
 
 
 class JsonLineFormatter(OrjsonFormatter):
@@ -142,6 +170,7 @@ def _stdout_handler(name: str, formatter: logging.Formatter, stream: IO[str] | N
     handler.setFormatter(formatter)
     handler.addFilter(RequestIdFilter())
     handler.addFilter(RedactQueryStrings())
+    handler.addFilter(MaskSecrets())
     return handler
 
 
