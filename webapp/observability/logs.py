@@ -67,7 +67,8 @@ class RedactQueryStrings(logging.Filter):
 
 
 class MaskSecrets(logging.Filter):
-    """Mask passwords in every line's message and traceback, whoever logged it (mask_secrets).
+    """Mask passwords in every line's message, whoever logged it (mask_secrets); tracebacks are
+    masked by the formatters (formatException), so the record keeps its exc_info for other handlers.
 
     Our own code masks what it logs; a driver's message does not: psycopg's pool quotes libpq's
     errors, which may quote a host misread from a password.
@@ -79,17 +80,7 @@ class MaskSecrets(logging.Filter):
             masked = mask_secrets(message)
             if masked != message:
                 record.msg, record.args = masked, None
-        if record.exc_info:
-            # Formatted here, masked, and exc_info dropped: python-json-logger would format it again
-            # from exc_info; every formatter prints exc_text when exc_info is gone.
-            record.exc_text = mask_secrets(record.exc_text or _TRACEBACKS.formatException(record.exc_info))
-            record.exc_info = None
-        if record.stack_info:
-            record.stack_info = mask_secrets(record.stack_info)
         return True
-
-
-_TRACEBACKS = logging.Formatter()
 
 
 class JsonLineFormatter(OrjsonFormatter):
@@ -111,6 +102,14 @@ class JsonLineFormatter(OrjsonFormatter):
                 log_data[key] = value
         log_data.update(message_dict)  # exc_info, stack_info, or the fields of a dict logged as the message
 
+    def formatException(self, ei: Any) -> str | list[str]:
+        text = super().formatException(ei)  # the library may return the traceback as a list of lines
+        return mask_secrets(text) if isinstance(text, str) else [mask_secrets(line) for line in text]
+
+    def formatStack(self, stack_info: str) -> str | list[str]:
+        text = super().formatStack(stack_info)
+        return mask_secrets(text) if isinstance(text, str) else [mask_secrets(line) for line in text]
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # UTC, with milliseconds: they order the lines of one shutdown.
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
@@ -130,8 +129,8 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _RECORD_FIELDS)
-        line = super().format(record)
-        return f"{line} {extras}" if extras else line
+        line = super().format(record)  # its traceback may come cached from another handler: mask it all
+        return mask_secrets(f"{line} {extras}" if extras else line)
 
 
 # What every LogRecord carries; anything else on a record came in through `extra=`.
