@@ -102,11 +102,11 @@ class JsonLineFormatter(OrjsonFormatter):
                 log_data[key] = value
         log_data.update(message_dict)  # exc_info, stack_info, or the fields of a dict logged as the message
 
-    def formatException(self, ei: Any) -> str | list[str]:
+    def formatException(self, ei: Any) -> str | list[str]:  # type: ignore[override]  # the library widens it
         text = super().formatException(ei)  # the library may return the traceback as a list of lines
         return mask_secrets(text) if isinstance(text, str) else [mask_secrets(line) for line in text]
 
-    def formatStack(self, stack_info: str) -> str | list[str]:
+    def formatStack(self, stack_info: str) -> str | list[str]:  # type: ignore[override]
         text = super().formatStack(stack_info)
         return mask_secrets(text) if isinstance(text, str) else [mask_secrets(line) for line in text]
 
