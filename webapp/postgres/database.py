@@ -122,24 +122,26 @@ class Database:
     def _checkout_with_retry(self, deadline: Deadline, read_only: bool) -> psycopg.Connection[Any]:
         # Retrying is safe only here: BEGIN is the first statement, so no work was done yet.
         # A connection that died with a Postgres restart fails on BEGIN; the next one is fresh.
+        # The trial call of a half-open breaker is a probe: all its attempts together wait at most
+        # trial_timeout, not a deadline each, so a database still silent costs one worker about a
+        # second, not a request's budget.
+        trial = self.breaker.state == HALF_OPEN
+        wait = Deadline(min(deadline.remaining(), self.trial_timeout)) if trial else deadline
         try:
             return retry_with_backoff(
-                lambda: self._begin(deadline, read_only),
-                attempts=3, base=0.01, max_delay=0.2, deadline=deadline, retry_on=is_broken_connection,
+                lambda: self._begin(deadline, wait, read_only, trial),
+                attempts=3, base=0.01, max_delay=0.2, deadline=wait, retry_on=is_broken_connection,
             )
         except RetryError as exc:
             raise exc.last_error from exc  # the breaker judges the last error, not the wrapper
 
-    def _begin(self, deadline: Deadline, read_only: bool) -> psycopg.Connection[Any]:
+    def _begin(self, deadline: Deadline, wait: Deadline, read_only: bool, trial: bool) -> psycopg.Connection[Any]:
         if deadline.expired():
             raise DeadlineExceeded("request deadline passed before the database was reached")
-        # The trial call of a half-open breaker is a probe: it waits trial_timeout, not a whole
-        # deadline, so a database still silent costs one worker a second, not a request's budget.
-        trial = self.breaker.state == HALF_OPEN
-        wait = min(deadline.remaining(), self.trial_timeout) if trial else deadline.remaining()
-        conn = self.pool.getconn(timeout=min(self.checkout_timeout, wait))
+        seconds = wait.remaining()
+        conn = self.pool.getconn(timeout=min(self.checkout_timeout, seconds))
         # (A trial's grace is inside its trial_timeout: the watchdog adds the grace to what it is given.)
-        self.watchdog.arm(conn, conn.fileno(), max(0.0, wait - self.watchdog.grace) if trial else wait)
+        self.watchdog.arm(conn, conn.fileno(), max(0.0, seconds - self.watchdog.grace) if trial else seconds)
         try:
             run_command(conn, begin_statement(deadline, read_only))
         except BaseException:
