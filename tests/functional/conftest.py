@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import pytest
@@ -40,3 +44,18 @@ def trigger(db: psycopg.Connection, table: str, body: str, *, at_commit: bool = 
     finally:
         db.execute(f"DROP TRIGGER injected ON {table}")
         db.execute("DROP FUNCTION injected_fault()")
+
+
+@pytest.fixture
+def json_logs(app: Flask) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The JSON lines the app's log handler writes, as dicts (same formatter and filters, our buffer)."""
+    root = logging.getLogger()
+    app_handler = next(h for h in root.handlers if h.get_name() == "webapp-json")
+    buffer = io.StringIO()
+    capture = logging.StreamHandler(buffer)
+    capture.setFormatter(app_handler.formatter)
+    for log_filter in app_handler.filters:
+        capture.addFilter(log_filter)
+    root.addHandler(capture)
+    yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
+    root.removeHandler(capture)

@@ -4,12 +4,9 @@ the pool is exhausted the client gets a quick 503 with Retry-After instead of jo
 
 from __future__ import annotations
 
-import io
-import json
-import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -70,21 +67,6 @@ def timed_get(app: Flask, path: str, headers: dict[str, str] | None = None) -> d
         "json": response.json,
         "retry_after": response.headers.get("Retry-After"),
     }
-
-
-@pytest.fixture
-def json_logs(app: Flask) -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    """The JSON lines the app's log handler writes, as dicts (same formatter and filters, our buffer)."""
-    root = logging.getLogger()
-    app_handler = next(h for h in root.handlers if h.get_name() == "webapp-json")
-    buffer = io.StringIO()
-    capture = logging.StreamHandler(buffer)
-    capture.setFormatter(app_handler.formatter)
-    for log_filter in app_handler.filters:
-        capture.addFilter(log_filter)
-    root.addHandler(capture)
-    yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
-    root.removeHandler(capture)
 
 
 @pytest.mark.parametrize("slow", ["a lock wait", "a slow statement"])

@@ -4,12 +4,9 @@ queued is logged and measured. REQUEST_TIMEOUT is 10 s (the default) here."""
 
 from __future__ import annotations
 
-import io
-import json
-import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -39,18 +36,9 @@ def user_id(db) -> int:
 
 
 @pytest.fixture
-def request_lines(app: Flask) -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    """The request lines the app logs, as dicts (the app's own formatter and filters, our buffer)."""
-    root = logging.getLogger()
-    app_handler = next(h for h in root.handlers if h.get_name() == "webapp-json")
-    buffer = io.StringIO()
-    capture = logging.StreamHandler(buffer)
-    capture.setFormatter(app_handler.formatter)
-    for log_filter in app_handler.filters:
-        capture.addFilter(log_filter)
-    root.addHandler(capture)
-    yield lambda: [line for line in map(json.loads, buffer.getvalue().splitlines()) if line["message"] == "request"]
-    root.removeHandler(capture)
+def request_lines(json_logs: Callable[[], list[dict[str, Any]]]) -> Callable[[], list[dict[str, Any]]]:
+    """The request lines the app logs, as dicts."""
+    return lambda: [line for line in json_logs() if line["message"] == "request"]
 
 
 def statement_timeout_seen(app: Flask, db: psycopg.Connection, headers: dict[str, str]) -> float:
