@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 import environs
 from marshmallow.validate import OneOf, Range
 
+from webapp.settings.table import SETTING
+
 TRACES_SAMPLERS = (
     "always_on", "always_off", "traceidratio",
     "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio",
@@ -42,27 +44,31 @@ def _otlp_url(value: str | None) -> str | None:
 
 def tracing_values(env: environs.Env) -> dict[str, Any] | None:
     """The OTEL_* variables; None when OTEL_SDK_DISABLED is true (every OTEL_* variable is then ignored)."""
-    if env.bool("OTEL_SDK_DISABLED", False):
+    if env.bool("OTEL_SDK_DISABLED", SETTING["OTEL_SDK_DISABLED"].default):
         return None
     env.add_parser("otlp_url", _otlp_url)
     traces_endpoint = env.otlp_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)  # used as it is
     base_endpoint = env.otlp_url("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # the signal's path is appended
     milliseconds = Range(1, 600_000)
+
+    def read(name: str, default: Any = None, **kwargs: Any) -> Any:
+        """The variable parsed as its kind in the settings table, its default the table's unless given."""
+        row = SETTING[name]
+        return getattr(env, row.kind)(name, row.default if default is None else default, **kwargs)
+
     return dict(
         endpoint=traces_endpoint or (base_endpoint and base_endpoint.rstrip("/") + "/v1/traces"),
-        service_name=env.str("OTEL_SERVICE_NAME", "webapp") or "webapp",
-        sampler=env.str("OTEL_TRACES_SAMPLER", "parentbased_always_on", validate=OneOf(TRACES_SAMPLERS)),
-        sampler_arg=env.float("OTEL_TRACES_SAMPLER_ARG", 1.0, validate=Range(0, 1)),
-        max_queue_size=env.int("OTEL_BSP_MAX_QUEUE_SIZE", 2048, validate=Range(1, 1_000_000)),
-        max_export_batch_size=env.int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, validate=Range(1, 1_000_000)),
-        schedule_delay_ms=env.int("OTEL_BSP_SCHEDULE_DELAY", 5000, validate=milliseconds),
+        service_name=read("OTEL_SERVICE_NAME") or SETTING["OTEL_SERVICE_NAME"].default,
+        sampler=read("OTEL_TRACES_SAMPLER", validate=OneOf(TRACES_SAMPLERS)),
+        sampler_arg=read("OTEL_TRACES_SAMPLER_ARG", validate=Range(0, 1)),
+        max_queue_size=read("OTEL_BSP_MAX_QUEUE_SIZE", validate=Range(1, 1_000_000)),
+        max_export_batch_size=read("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", validate=Range(1, 1_000_000)),
+        schedule_delay_ms=read("OTEL_BSP_SCHEDULE_DELAY", validate=milliseconds),
         # Milliseconds, as the specification says. Trap: the Python exporter reads these variables
         # as seconds (10000 would be a wait of hours); the value is handed to it converted instead.
-        export_timeout_ms=env.int(
-            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", env.int("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000, validate=milliseconds),
-            validate=milliseconds,
-        ),
-        protocol=env.str("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", env.str("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")),
+        export_timeout_ms=read("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                               read("OTEL_EXPORTER_OTLP_TIMEOUT", validate=milliseconds), validate=milliseconds),
+        protocol=read("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", read("OTEL_EXPORTER_OTLP_PROTOCOL")),
     )
 
 
